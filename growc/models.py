@@ -1,0 +1,175 @@
+"""growc's built-in models and model references.
+
+A model reference is one of:
+
+* a built-in name: ``wrn-D-K`` (pre-activation Wide ResNet for 32x32 inputs, depth D = 6n+4, width factor K, as
+  in the MixtureGrowth reference code; e.g. ``wrn-28-10``, ``wrn-16-4``) or ``cnn1d-W`` (a small 1-D CNN of width
+  W for length-40 sequences);
+* ``torchvision:NAME`` (``torchvision.models.get_model(NAME, weights=None)``);
+* ``package.module:factory`` (any importable callable returning an ``nn.Module``).
+
+Every built-in knows a default input shape (:func:`default_input_shape`), so ``growc templatize wrn-16-4`` needs
+no ``--input-shape``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import GrowcConfigError
+
+__all__ = ["CNN1d", "WideResNet", "default_input_shape", "resolve_model"]
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            if stride != 1 or in_planes != planes
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
+        return out + skip
+
+
+class WideResNet(nn.Module):
+    """Pre-activation WRN-depth-width for 32x32 images (Zagoruyko & Komodakis), the reference's CIFAR network.
+
+    ``width`` may be fractional (the half-width parents of WRN-28-10 are WRN-28-5); channel counts are
+    ``round(16 * width)``, ``round(32 * width)``, ``round(64 * width)`` after a 16-channel stem.
+    """
+
+    def __init__(
+        self, depth: int = 28, width: float = 10, num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0 or depth < 10:
+            raise GrowcConfigError(f"WRN depth must be 6n+4 (10, 16, 22, 28, ...), got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, round(16 * width), round(32 * width), round(64 * width)]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        blocks: list[nn.Module] = []
+        in_planes = widths[0]
+        for stage, planes in enumerate(widths[1:]):
+            layers = []
+            for i in range(n):
+                layers.append(_PreActBlock(in_planes, planes, 2 if (stage > 0 and i == 0) else 1, dropout))
+                in_planes = planes
+            blocks.append(nn.Sequential(*layers))
+        self.block1, self.block2, self.block3 = blocks
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.relu(self.bn(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+class CNN1d(nn.Module):
+    """A small 1-D CNN (3 conv-BN-ReLU layers of ``width`` channels, global pooling, linear head)."""
+
+    def __init__(self, width: int = 32, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(in_channels, width, 5, padding=2, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean(dim=2))
+
+
+_BUILTINS: list[tuple[re.Pattern[str], Callable[..., nn.Module], tuple[int, ...]]] = [
+    (
+        re.compile(r"wrn-(?P<depth>\d+)-(?P<width>\d+(?:\.\d+)?)"),
+        lambda depth, width, **kw: WideResNet(int(depth), float(width), **kw),
+        (2, 3, 32, 32),
+    ),
+    (re.compile(r"cnn1d-(?P<width>\d+)"), lambda width, **kw: CNN1d(int(width), **kw), (2, 1, 40)),
+]
+BUILTIN_NAMES = ("wrn-D-K (e.g. wrn-16-4, wrn-28-10)", "cnn1d-W (e.g. cnn1d-32)")
+
+
+def _builtin(name: str) -> tuple[Callable[..., nn.Module], dict[str, str], tuple[int, ...]] | None:
+    for pattern, factory, shape in _BUILTINS:
+        match = pattern.fullmatch(name)
+        if match:
+            return factory, match.groupdict(), shape
+    return None
+
+
+def default_input_shape(ref: str) -> tuple[int, ...] | None:
+    """The default example-input shape of a built-in model, or None for other references."""
+    found = _builtin(ref)
+    return found[2] if found else None
+
+
+def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
+    """Build the model a reference names (see the module docstring); ``kwargs`` go to its factory."""
+    found = _builtin(ref)
+    if found is not None:
+        factory, groups, _ = found
+        return factory(**groups, **kwargs)
+    if ref.startswith("torchvision:"):
+        try:
+            import torchvision
+        except ImportError as error:
+            raise GrowcConfigError(f"model '{ref}' needs torchvision: pip install 'growc[vision]'") from error
+        name = ref.split(":", 1)[1]
+        if name not in torchvision.models.list_models():
+            raise GrowcConfigError(f"torchvision has no model named '{name}' (see torchvision.models.list_models())")
+        kwargs.setdefault("weights", None)
+        return torchvision.models.get_model(name, **kwargs)
+    if ":" in ref:
+        module_name, _, attr = ref.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise GrowcConfigError(f"cannot import '{module_name}' for model '{ref}': {error}") from error
+        factory = module
+        for part in attr.split("."):
+            if not hasattr(factory, part):
+                raise GrowcConfigError(f"'{module_name}' has no attribute '{attr}' (model '{ref}')")
+            factory = getattr(factory, part)
+        if not callable(factory):
+            raise GrowcConfigError(f"'{ref}' is not callable")
+        model = factory(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise GrowcConfigError(f"'{ref}' returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    raise GrowcConfigError(
+        f"unknown model '{ref}': use a built-in ({', '.join(BUILTIN_NAMES)}), 'torchvision:NAME' "
+        "or 'package.module:factory'"
+    )

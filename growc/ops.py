@@ -1,0 +1,292 @@
+"""Template-mixed ops: weights generated as ``W_l = sum_k A[l, k] * T_k`` from a shared bank of templates.
+
+A :class:`TemplateBank` holds the templates ``T`` (shape ``[K, *weight_shape]``) and the coefficients ``A``
+(shape ``[L, K]``: one row per layer of the bank). It is registered once on the root module, so the state dict
+holds every template exactly once. A mixed layer (:class:`MixedConv1d`, :class:`MixedConv2d`,
+:class:`MixedConv3d`, :class:`MixedLinear`, :class:`MixedWeight`) *references* its bank and row without owning
+them: the reference is a plain attribute, not a submodule, and survives ``deepcopy``, ``.to()`` and pickling of
+the root module because those act on the root's registered bank.
+
+Weight generation is one contraction (``A[l] @ T.flatten(1)``) computed in fp32 (or the parameters' dtype when
+wider) with autocast disabled, so an autocast region casts the finished weight, not the templates. In eval mode
+with gradients off, a bank generates all its layers' weights in one matmul and caches them until a parameter
+changes (tracked by the tensors' version counters and storage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MIXED_TYPES",
+    "MixedConv1d",
+    "MixedConv2d",
+    "MixedConv3d",
+    "MixedLinear",
+    "MixedWeight",
+    "TemplateBank",
+    "param_groups",
+    "param_roles",
+]
+
+
+class TemplateBank(nn.Module):
+    """K templates shared by L layers of one kind, weight shape and ``groups``; one coefficient row per layer."""
+
+    def __init__(self, templates: Tensor, coefficients: Tensor, *, kind: str, groups: int = 1) -> None:
+        super().__init__()
+        if coefficients.dim() != 2 or coefficients.shape[1] != templates.shape[0]:
+            raise ValueError(
+                f"coefficients must be [layers, K={templates.shape[0]}], got {tuple(coefficients.shape)}"
+            )
+        self.templates = nn.Parameter(templates)
+        self.coefficients = nn.Parameter(coefficients)
+        self.kind = kind
+        self.groups = groups
+        self._cache: tuple[tuple[Any, ...], Tensor] | None = None
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return tuple(self.templates.shape[1:])
+
+    @property
+    def num_templates(self) -> int:
+        return int(self.templates.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.coefficients.shape[0])
+
+    def extra_repr(self) -> str:
+        return (
+            f"kind={self.kind}, weight_shape={self.weight_shape}, groups={self.groups}, "
+            f"templates={self.num_templates}, layers={self.num_layers}"
+        )
+
+    def _mix(self, coefficients: Tensor) -> Tensor:
+        """``coefficients @ templates`` in at least fp32, outside autocast; one matmul whatever the row count."""
+        templates = self.templates
+        dtype = torch.promote_types(templates.dtype, torch.float32)
+        with torch.autocast(templates.device.type, enabled=False):
+            flat = coefficients.to(dtype) @ templates.flatten(1).to(dtype)
+        return flat.to(templates.dtype)
+
+    def weights(self) -> Tensor:
+        """All L generated weights, ``[L, *weight_shape]``, in one contraction."""
+        return self._mix(self.coefficients).view(self.num_layers, *self.weight_shape)
+
+    def _cacheable(self) -> bool:
+        if self.training or torch.compiler.is_compiling():
+            return False
+        return not (torch.is_grad_enabled() and (self.templates.requires_grad or self.coefficients.requires_grad))
+
+    def _cache_key(self) -> tuple[Any, ...]:
+        t, a = self.templates, self.coefficients
+        return (t._version, a._version, t.data_ptr(), a.data_ptr(), t.device, t.dtype, a.dtype, t.shape, a.shape)
+
+    def cached_weights(self) -> Tensor:
+        """The eval-mode weight cache: regenerated when a template or coefficient changed since the last call."""
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.weights())
+        return self._cache[1]
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def weight(self, index: int) -> Tensor:
+        """The generated weight of layer ``index``."""
+        if self._cacheable():
+            return self.cached_weights()[index]
+        return self._mix(self.coefficients[index]).view(self.weight_shape)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TemplateBank:  # .to(), .cuda(), .half() ...
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+
+class _Mixed(nn.Module):
+    """A layer whose weight is row ``index`` of a :class:`TemplateBank` it references but does not own."""
+
+    _bank: TemplateBank
+
+    def __init__(self, bank: TemplateBank, index: int, bias: Tensor | None) -> None:
+        super().__init__()
+        object.__setattr__(self, "_bank", bank)  # a reference, not a submodule: no second copy in state_dict
+        self.index = int(index)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    @property
+    def bank(self) -> TemplateBank:
+        return self._bank
+
+    @property
+    def weight(self) -> Tensor:
+        return self._bank.weight(self.index)
+
+
+class _MixedConvNd(_Mixed):
+    _dim = 0
+
+    def __init__(self, bank: TemplateBank, index: int, source: nn.modules.conv._ConvNd) -> None:
+        bias = None if source.bias is None else source.bias.detach().clone()
+        super().__init__(bank, index, bias)
+        self.in_channels = source.in_channels
+        self.out_channels = source.out_channels
+        self.kernel_size = source.kernel_size
+        self.stride = source.stride
+        self.padding = source.padding
+        self.dilation = source.dilation
+        self.groups = source.groups
+        self.padding_mode = source.padding_mode
+        self._reversed_padding_repeated_twice = list(source._reversed_padding_repeated_twice)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias is not None}, row={self.index}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self._dim - 1]
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def to_plain(self) -> nn.Module:
+        """A plain ``nn.ConvNd`` with the generated weight (detached) and a copy of the bias."""
+        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self._dim - 1]
+        w = self.weight
+        plain = cls(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device="meta",
+        )
+        plain.weight = nn.Parameter(w.detach().clone())
+        if self.bias is not None:
+            plain.bias = nn.Parameter(self.bias.detach().clone())
+        plain.train(self.training)
+        return plain
+
+
+class MixedConv1d(_MixedConvNd):
+    """``nn.Conv1d`` whose weight is generated from a template bank."""
+
+    _dim = 1
+
+
+class MixedConv2d(_MixedConvNd):
+    """``nn.Conv2d`` whose weight is generated from a template bank."""
+
+    _dim = 2
+
+
+class MixedConv3d(_MixedConvNd):
+    """``nn.Conv3d`` whose weight is generated from a template bank."""
+
+    _dim = 3
+
+
+class MixedLinear(_Mixed):
+    """``nn.Linear`` whose weight is generated from a template bank."""
+
+    def __init__(self, bank: TemplateBank, index: int, source: nn.Linear) -> None:
+        bias = None if source.bias is None else source.bias.detach().clone()
+        super().__init__(bank, index, bias)
+        self.in_features = source.in_features
+        self.out_features = source.out_features
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, row={self.index}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def to_plain(self) -> nn.Module:
+        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        plain.weight = nn.Parameter(self.weight.detach().clone())
+        if self.bias is not None:
+            plain.bias = nn.Parameter(self.bias.detach().clone())
+        plain.train(self.training)
+        return plain
+
+
+class MixedWeight(_Mixed):
+    """A generated weight tensor on its own: stands in for a ``get_attr`` of a raw weight ``nn.Parameter``.
+
+    Used where a parameter reaches a functional op (``F.conv2d(x, self.weight)``), a leaf module's input or an
+    opaque wrapped function. ``source`` is the dotted path the parameter had, which :func:`growc.materialize`
+    restores.
+    """
+
+    def __init__(self, bank: TemplateBank, index: int, source: str) -> None:
+        super().__init__(bank, index, None)
+        self.source = source
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, shape={self._bank.weight_shape}, row={self.index}"
+
+    def forward(self) -> Tensor:
+        return self.weight
+
+
+MIXED_TYPES: tuple[type[nn.Module], ...] = (MixedConv1d, MixedConv2d, MixedConv3d, MixedLinear, MixedWeight)
+
+
+def param_roles(model: nn.Module) -> dict[str, str]:
+    """Map each parameter name (as ``model.named_parameters()`` gives it) to its role.
+
+    Roles: ``"template"`` (a bank's templates), ``"coefficient"`` (a bank's mixing coefficients) and ``"other"``
+    (biases, normalization parameters, untemplated weights).
+    """
+    special: dict[int, str] = {}
+    for module in model.modules():
+        if isinstance(module, TemplateBank):
+            special[id(module.templates)] = "template"
+            special[id(module.coefficients)] = "coefficient"
+    return {name: special.get(id(p), "other") for name, p in model.named_parameters()}
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float = 0.0, *, only_trainable: bool = True
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: weight decay on templates and other parameters, never on coefficients.
+
+    Returns ``[{"params": [...], "weight_decay": weight_decay, "name": "decay"},
+    {"params": [...], "weight_decay": 0.0, "name": "coefficients"}]`` (empty groups are left out), ready for
+    ``torch.optim.SGD(growc.param_groups(gm, 5e-4), lr=0.1, momentum=0.9)``.
+    """
+    roles = param_roles(model)
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if only_trainable and not p.requires_grad:
+            continue
+        (no_decay if roles[name] == "coefficient" else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "coefficients"},
+    ]
+    return [g for g in groups if g["params"]]

@@ -1,0 +1,92 @@
+"""The ``materialize`` pass: fold every template-mixed op back into a plain op with its generated weight.
+
+What it does to the graph:
+
+* each ``call_module`` of a mixed layer (:class:`~growc.ops.MixedConv2d`, :class:`~growc.ops.MixedLinear`, ...)
+  keeps its target and node, and the module becomes a plain ``nn.Conv*``/``nn.Linear`` whose weight is the
+  generated weight (detached copy) and whose bias is a copy of the mixed layer's bias;
+* mixed layers inside leaf modules are swapped back the same way;
+* each ``call_module`` of a :class:`~growc.ops.MixedWeight` becomes a ``get_attr`` of a new ``nn.Parameter``
+  registered at the path the weight had before templatizing;
+* the ``growc_banks`` and ``growc_weights`` containers are removed. The result has no growc modules and computes
+  the same function (up to fp rounding of one matmul per weight; exactly when the bank used an identity basis).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from growc.ops import MIXED_TYPES, MixedWeight
+from growc.pipeline import finish_pass
+
+__all__ = ["materialize"]
+
+
+def _owner(root: nn.Module, target: str) -> tuple[nn.Module, str]:
+    owner, _, attr = target.rpartition(".")
+    if not owner:
+        return root, attr
+    module = root
+    for part in owner.split("."):
+        if not hasattr(module, part):
+            module.add_module(part, nn.Module())
+        module = getattr(module, part)
+    return module, attr
+
+
+def materialize(gm: fx.GraphModule) -> fx.GraphModule:
+    """Return a new GraphModule with every template-mixed op folded into a plain ``nn.Conv*``/``nn.Linear``.
+
+    ``gm.meta["growc"]["materialize"]`` lists the folded layers and the parameter count before and after.
+    """
+    if not isinstance(gm, fx.GraphModule):
+        raise TypeError(f"materialize takes a torch.fx.GraphModule, got {type(gm).__name__}")
+    before = sum(p.numel() for p in gm.parameters())
+    out = copy.deepcopy(gm)
+    folded: list[dict[str, Any]] = []
+    shared: dict[tuple[int, int], nn.Parameter] = {}  # (bank, row) -> one Parameter, so tied weights stay tied
+
+    def weight_of(mixed: nn.Module) -> nn.Parameter:
+        key = (id(mixed.bank), mixed.index)
+        if key not in shared:
+            shared[key] = nn.Parameter(mixed.weight.detach().clone())
+        return shared[key]
+
+    def plain(mixed: nn.Module) -> nn.Module:
+        module = mixed.to_plain()
+        module.weight = weight_of(mixed)
+        return module
+
+    with torch.no_grad():
+        for node in list(out.graph.nodes):
+            if node.op != "call_module":
+                continue
+            module = out.get_submodule(str(node.target))
+            if isinstance(module, MixedWeight):
+                owner, attr = _owner(out, module.source)
+                owner.register_parameter(attr, weight_of(module))
+                with out.graph.inserting_before(node):
+                    new = out.graph.get_attr(module.source)
+                new.meta.update(node.meta)
+                node.replace_all_uses_with(new)
+                out.graph.erase_node(node)
+                folded.append({"target": module.source, "kind": "weight", "node": new.name})
+            elif isinstance(module, MIXED_TYPES):
+                owner, attr = _owner(out, str(node.target))
+                setattr(owner, attr, plain(module))
+                folded.append({"target": str(node.target), "kind": type(module).__name__, "node": node.name})
+            else:
+                for inner, sub in list(module.named_modules()):
+                    if inner and isinstance(sub, MIXED_TYPES) and not isinstance(sub, MixedWeight):
+                        parent, attr = _owner(module, inner)
+                        setattr(parent, attr, plain(sub))
+                        folded.append({"target": f"{node.target}.{inner}", "kind": type(sub).__name__})
+    for name in ("growc_banks", "growc_weights"):
+        if hasattr(out, name):
+            delattr(out, name)
+    report = {"folded": folded, "params": {"before": before, "after": sum(p.numel() for p in out.parameters())}}
+    return finish_pass(out, "materialize", report)

@@ -1,0 +1,471 @@
+"""The ``templatize`` pass: rewrite every weighted op into a template-mixed op over shared banks.
+
+What it does to the graph:
+
+* finds every weight a weighted op uses: ``call_module`` nodes of ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (and
+  subclasses that keep their ``forward``), ``get_attr`` nodes of a parameter consumed as the weight of a
+  functional conv/linear, by a matmul, by a leaf module or by an opaque (autowrapped) function, and the
+  Conv/Linear submodules inside leaf modules. Tied weights (one ``nn.Parameter`` reached by several paths) are
+  found by identity and become one bank row;
+* groups the weights into banks by the sharing policy: ``layer`` (one bank per weight), ``shape`` (one bank per
+  key ``(kind, weight shape, groups)``) or ``shape_window`` (consecutive weights of a key, in graph order, in
+  windows of ``window``: the reference's ImageNet variant);
+* initialises each bank (``exact``: identity basis, bit-exact, K raised to the layer count when smaller;
+  ``svd``: truncated uncentred SVD with predicted and measured error; ``fresh``: Kaiming-normal templates and
+  orthogonal coefficients, the reference's init for training from scratch);
+* swaps each weighted module for a :mod:`growc.ops` mixed layer (same target, so the node keeps its name), and
+  each ``get_attr`` for a ``call_module`` of a :class:`~growc.ops.MixedWeight` under ``growc_weights``; the banks
+  are registered once under ``growc_banks``. Rewritten nodes carry ``node.meta["growc"]``.
+
+Weights that cannot be templated without changing the function (a parameter also used by an op that is not a
+weighted op, parametrized modules, ConvTranspose, raw parameters of leaf modules) are left as they are and listed
+under ``skipped`` in the report with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.nn.utils import parametrize
+
+from growc.analysis import max_abs_rel_error, propagate_shapes
+from growc.errors import GrowcConfigError
+from growc.ops import (
+    MIXED_TYPES,
+    MixedConv1d,
+    MixedConv2d,
+    MixedConv3d,
+    MixedLinear,
+    MixedWeight,
+    TemplateBank,
+)
+from growc.pipeline import finish_pass
+from growc.trace import trace
+
+__all__ = ["templatize"]
+
+Sharing = Literal["layer", "shape", "shape_window"]
+Init = Literal["exact", "svd", "fresh"]
+
+_PLAIN: dict[type[nn.Module], tuple[str, type[nn.Module]]] = {
+    nn.Conv1d: ("conv1d", MixedConv1d),
+    nn.Conv2d: ("conv2d", MixedConv2d),
+    nn.Conv3d: ("conv3d", MixedConv3d),
+    nn.Linear: ("linear", MixedLinear),
+}
+# functional weighted ops: target -> (kind, position of the weight argument, position of `groups` or None)
+_FUNCTIONAL: dict[Any, tuple[str, int, int | None]] = {
+    F.conv1d: ("conv1d", 1, 6),
+    F.conv2d: ("conv2d", 1, 6),
+    F.conv3d: ("conv3d", 1, 6),
+    torch.conv1d: ("conv1d", 1, 6),
+    torch.conv2d: ("conv2d", 1, 6),
+    torch.conv3d: ("conv3d", 1, 6),
+    F.linear: ("linear", 1, None),
+    torch._C._nn.linear: ("linear", 1, None),
+}
+_MATMUL = {operator.matmul, torch.matmul, torch.mm, torch.bmm}
+_NOT_OPAQUE_MODULES = ("torch", "operator", "_operator", "builtins", "math", "einops")
+
+
+def _plain_kind(module: nn.Module) -> tuple[str, type[nn.Module]] | None:
+    """The kind of a module whose weight can be swapped for a generated one without changing ``forward``."""
+    for base, entry in _PLAIN.items():
+        if isinstance(module, base) and type(module).forward is base.forward:
+            return entry
+    return None
+
+
+def _skip_reason(module: nn.Module) -> str | None:
+    if parametrize.is_parametrized(module, "weight"):
+        return "weight is parametrized (torch.nn.utils.parametrize); left as is"
+    if not isinstance(getattr(module, "weight", None), nn.Parameter):
+        return "weight is not an nn.Parameter"
+    if not module.weight.is_floating_point():
+        return f"weight dtype {module.weight.dtype} is not floating point"
+    return None
+
+
+@dataclass
+class _Weight:
+    """One weight parameter and every place the graph uses it."""
+
+    param: nn.Parameter
+    name: str
+    kind: str
+    groups: int
+    order: int
+    module_sites: list[str] = field(default_factory=list)  # call_module targets of plain weighted modules
+    inner_sites: list[tuple[str, str]] = field(default_factory=list)  # (leaf target, path inside the leaf)
+    attr_nodes: list[fx.Node] = field(default_factory=list)  # get_attr nodes
+    blocked: list[str] = field(default_factory=list)  # uses that are not weighted ops
+
+    @property
+    def key(self) -> tuple[str, tuple[int, ...], int]:
+        return (self.kind, tuple(self.param.shape), self.groups)
+
+
+def _is_opaque(node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return True  # a leaf: its code is not in the graph
+    if node.op == "call_function":
+        module = getattr(node.target, "__module__", None) or ""
+        return not module.split(".")[0] in _NOT_OPAQUE_MODULES
+    return False
+
+
+def _attr_use(node: fx.Node, user: fx.Node, ndim: int) -> tuple[str, int] | None:
+    """``(kind, groups)`` when ``user`` consumes the parameter ``node`` as a weight, else None."""
+    if user.op == "call_function" and user.target in _FUNCTIONAL:
+        kind, pos, groups_pos = _FUNCTIONAL[user.target]
+        weight = user.args[pos] if len(user.args) > pos else user.kwargs.get("weight")
+        others = [a for i, a in enumerate(user.args) if i != pos] + [
+            v for k, v in user.kwargs.items() if k != "weight"
+        ]
+        if weight is not node or node in others:
+            return None
+        groups = 1
+        if groups_pos is not None:
+            groups = user.args[groups_pos] if len(user.args) > groups_pos else user.kwargs.get("groups", 1)
+        return (kind, groups) if isinstance(groups, int) else None
+    if ndim < 2:
+        return None
+    if user.op == "call_function" and user.target in _MATMUL and len(user.args) > 1 and user.args[1] is node:
+        return ("param", 1)
+    if _is_opaque(user):
+        return ("param", 1)
+    return None
+
+
+def _describe(user: fx.Node) -> str:
+    target = getattr(user.target, "__name__", str(user.target))
+    return f"node '{user.name}' ({user.op} {target})"
+
+
+def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
+    """Every weight parameter the graph uses as a weight, with its use sites; plus what was skipped and why."""
+    names: dict[int, str] = {}
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), name)
+    banked = {id(p) for m in gm.modules() if isinstance(m, TemplateBank) for p in m.parameters()}
+    weights: dict[int, _Weight] = {}
+    skipped: list[dict[str, str]] = []
+    blocked: dict[int, list[str]] = {}
+
+    def add(p: nn.Parameter, kind: str, groups: int, order: int) -> _Weight:
+        w = weights.get(id(p))
+        if w is None:
+            w = weights[id(p)] = _Weight(p, names[id(p)], kind, groups, order)
+        return w
+
+    for order, node in enumerate(gm.graph.nodes):
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            if isinstance(module, MIXED_TYPES):
+                continue
+            plain = _plain_kind(module)
+            if plain is not None:
+                reason = _skip_reason(module)
+                if reason is None:
+                    add(module.weight, plain[0], getattr(module, "groups", 1), order).module_sites.append(
+                        str(node.target)
+                    )
+                else:
+                    skipped.append({"target": str(node.target), "reason": reason})
+                continue
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                skipped.append({"target": str(node.target), "reason": "ConvTranspose is not templated"})
+                continue
+            inner_weights: set[int] = set()
+            for sub_name, sub in module.named_modules():
+                plain = _plain_kind(sub) if sub_name else None
+                if plain is not None and _skip_reason(sub) is None:
+                    w = add(sub.weight, plain[0], getattr(sub, "groups", 1), order)
+                    w.inner_sites.append((str(node.target), sub_name))
+                    inner_weights.add(id(sub.weight))
+            for pname, p in module.named_parameters():
+                if id(p) in inner_weights or id(p) in banked:
+                    continue
+                blocked.setdefault(id(p), []).append(f"leaf module '{node.target}' ({type(module).__name__})")
+                if p.dim() >= 2:
+                    skipped.append(
+                        {
+                            "target": f"{node.target}.{pname}",
+                            "reason": f"raw parameter inside leaf module {type(module).__name__}, "
+                            "not the weight of a Conv/Linear submodule",
+                        }
+                    )
+        elif node.op == "get_attr":
+            value = _fetch(gm, str(node.target))
+            if not isinstance(value, nn.Parameter) or id(value) in banked:
+                continue
+            uses = [(u, _attr_use(node, u, value.dim())) for u in node.users]
+            accepted = [use for _, use in uses if use is not None]
+            if accepted and len(accepted) == len(uses) and value.is_floating_point():
+                kind, groups = accepted[0]
+                add(value, kind, groups, order).attr_nodes.append(node)
+            else:
+                blocked.setdefault(id(value), []).extend(_describe(u) for u, use in uses if use is None)
+
+    result = []
+    for pid, w in weights.items():
+        if pid in blocked:
+            w.blocked = blocked[pid]
+            skipped.append(
+                {"target": w.name, "reason": "also used by an op that is not a weighted op: " + "; ".join(w.blocked)}
+            )
+        else:
+            result.append(w)
+    result.sort(key=lambda w: w.order)
+    return result, skipped
+
+
+def _fetch(gm: nn.Module, target: str) -> Any:
+    owner, _, attr = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, attr)
+
+
+def _set(root: nn.Module, target: str, value: nn.Module) -> None:
+    owner, _, attr = target.rpartition(".")
+    setattr(root.get_submodule(owner) if owner else root, attr, value)
+
+
+def _mixed_like(source: nn.Module, bank: TemplateBank, row: int) -> nn.Module:
+    mixed = _plain_kind(source)[1](bank, row, source)  # type: ignore[index, call-arg]
+    mixed.train(source.training)
+    return mixed
+
+
+def _drop_replaced(gm: nn.Module, replaced: set[int]) -> None:
+    """Unregister every remaining reference to a templatized parameter (owners of get_attr weights, aliases)."""
+    for module in list(gm.modules()):
+        if isinstance(module, TemplateBank):
+            continue
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in replaced:
+                del module._parameters[name]
+
+
+def _group(weights: list[_Weight], sharing: str, window: int) -> list[list[_Weight]]:
+    if sharing == "layer":
+        return [[w] for w in weights]
+    by_key: dict[tuple[Any, ...], list[_Weight]] = {}
+    for w in weights:
+        by_key.setdefault(w.key, []).append(w)
+    if sharing == "shape":
+        return list(by_key.values())
+    return [ws[i : i + window] for ws in by_key.values() for i in range(0, len(ws), window)]
+
+
+def _kaiming(count: int, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    std = math.sqrt(2.0) / math.sqrt(max(fan_in, 1))
+    return torch.randn((count, *shape), generator=generator, dtype=torch.float64) * std
+
+
+def _init_bank(
+    stacked: Tensor, shape: tuple[int, ...], init: str, k: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Templates ``[K, D]`` and coefficients ``[L, K]`` (float64) for ``stacked`` weights ``[L, D]``."""
+    num_layers, dim = stacked.shape
+    info: dict[str, Any] = {"templates_requested": k}
+    if init == "exact":
+        k_eff = max(k, num_layers)
+        if k_eff != k:
+            info["note"] = f"K raised from {k} to {k_eff}: an exact identity basis needs one template per layer"
+        templates = torch.empty(k_eff, dim, dtype=torch.float64)
+        templates[:num_layers] = stacked
+        templates[num_layers:] = _kaiming(k_eff - num_layers, shape, generator).reshape(-1, dim)
+        coefficients = torch.zeros(num_layers, k_eff, dtype=torch.float64)
+        coefficients[:, :num_layers] = torch.eye(num_layers, dtype=torch.float64)
+        info.update(templates=k_eff, basis="identity", predicted_error=0.0)
+    elif init == "svd":
+        u, s, vh = torch.linalg.svd(stacked, full_matrices=False)
+        r = min(k, s.numel())
+        templates = torch.empty(k, dim, dtype=torch.float64)
+        templates[:r] = s[:r, None] * vh[:r]
+        templates[r:] = _kaiming(k - r, shape, generator).reshape(-1, dim)
+        coefficients = torch.zeros(num_layers, k, dtype=torch.float64)
+        coefficients[:, :r] = u[:, :r]
+        total = float((s**2).sum())
+        tail = float((s[r:] ** 2).sum())
+        predicted = math.sqrt(tail / total) if total > 0 else 0.0
+        info.update(templates=k, basis="svd", predicted_error=predicted, singular_values=s.tolist()[:16])
+        if k > s.numel():
+            info["note"] = (
+                f"only {s.numel()} singular directions; {k - s.numel()} extra Kaiming templates with zero coefficients"
+            )
+    else:  # fresh
+        templates = _kaiming(k, shape, generator).reshape(k, dim)
+        coefficients = torch.empty(num_layers, k, dtype=torch.float64)
+        nn.init.orthogonal_(coefficients, generator=generator)
+        info.update(templates=k, basis="fresh")
+    return templates, coefficients, info
+
+
+def _rel(diff: Tensor, ref: Tensor) -> float:
+    ref_norm = float(ref.norm())
+    return float(diff.norm()) / ref_norm if ref_norm > 0 else float(diff.norm())
+
+
+def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any]) -> dict[str, float]:
+    flags = [(m, m.training) for m in (*model.modules(), *gm.modules())]
+    try:
+        model.eval()
+        gm.eval()
+        with torch.no_grad():
+            max_abs, max_rel = max_abs_rel_error(model(*example_inputs), gm(*example_inputs))
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    return {"max_abs": max_abs, "max_rel": max_rel, "mode": "eval"}
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def templatize(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    *,
+    sharing: Sharing = "layer",
+    templates: int = 2,
+    init: Init = "exact",
+    seed: int = 0,
+    window: int = 2,
+    leaf_modules: Sequence[type[nn.Module] | str] = (),
+    autowrap_functions: Sequence[Callable[..., Any]] = (),
+    concrete_args: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> fx.GraphModule:
+    """Return a new GraphModule in which every weight is generated from a bank of templates.
+
+    Args:
+        model: any ``nn.Module`` (traced with :func:`growc.trace`) or a ``GraphModule``; never modified.
+        example_inputs: positional inputs, used for shape analysis (fake tensors) and the output check.
+        sharing: ``"layer"``, ``"shape"`` or ``"shape_window"`` (banks of ``window`` consecutive same-key layers).
+        templates: K, templates per bank (``exact`` raises it to the bank's layer count when smaller).
+        init: ``"exact"`` (function-preserving, bit-exact), ``"svd"`` (rank-K fit) or ``"fresh"`` (Kaiming
+            templates, orthogonal coefficients).
+        seed: seeds every random draw (extra templates, fresh init).
+        window: bank size for ``shape_window``.
+        leaf_modules, autowrap_functions, concrete_args: tracing options, see :func:`growc.trace`.
+        verify: run ``model`` and the result once on ``example_inputs`` (eval mode) and report the difference.
+
+    Returns:
+        The templatized GraphModule. ``gm.meta["growc"]["templatize"]`` holds the report: ``banks`` (kind,
+        weight shape, groups, layers, K, predicted and measured relative error), ``layers``, ``skipped`` (with
+        reasons), ``params`` before/after, ``shapes`` (analysis), and ``output`` (max abs/rel difference).
+    """
+    if sharing not in ("layer", "shape", "shape_window"):
+        raise GrowcConfigError(f"sharing must be 'layer', 'shape' or 'shape_window', got {sharing!r}")
+    if init not in ("exact", "svd", "fresh"):
+        raise GrowcConfigError(f"init must be 'exact', 'svd' or 'fresh', got {init!r}")
+    if not isinstance(templates, int) or templates < 1:
+        raise GrowcConfigError(f"templates must be a positive integer, got {templates!r}")
+    if not isinstance(window, int) or window < 1:
+        raise GrowcConfigError(f"window must be a positive integer, got {window!r}")
+    example_inputs = tuple(example_inputs)
+
+    work = copy.deepcopy(model)
+    if isinstance(work, fx.GraphModule):
+        gm = work
+    else:
+        gm = trace(work, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, concrete_args=concrete_args)
+    shapes = propagate_shapes(gm, example_inputs)
+    weights, skipped = _collect(gm)
+    generator = torch.Generator().manual_seed(seed)
+
+    banks = gm.get_submodule("growc_banks") if hasattr(gm, "growc_banks") else nn.ModuleDict()
+    mixed_weights = gm.get_submodule("growc_weights") if hasattr(gm, "growc_weights") else nn.ModuleDict()
+    by_target: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            by_target.setdefault(str(node.target), []).append(node)
+    bank_reports: list[dict[str, Any]] = []
+    layer_reports: list[dict[str, Any]] = []
+    for group in _group(weights, sharing, window):
+        first = group[0].param
+        shape = tuple(first.shape)
+        stacked = torch.stack([w.param.detach().reshape(-1).to("cpu", torch.float64) for w in group])
+        t64, a64, info = _init_bank(stacked, shape, init, templates, generator)
+        bank = TemplateBank(
+            t64.reshape(-1, *shape).to(first.device, first.dtype),
+            a64.to(first.device, first.dtype),
+            kind=group[0].kind,
+            groups=group[0].groups,
+        )
+        bank_name = f"bank{len(banks)}"
+        banks[bank_name] = bank
+        with torch.no_grad():
+            generated = bank.weights().reshape(len(group), -1).to("cpu", torch.float64)
+        original = stacked.to(torch.float32).to(torch.float64)
+        layer_errors = [_rel(generated[i] - original[i], original[i]) for i in range(len(group))]
+        if init != "fresh":
+            info["measured_error"] = _rel(generated - original, original)
+        bank_reports.append(
+            {
+                "name": bank_name,
+                "kind": group[0].kind,
+                "weight_shape": list(shape),
+                "groups": group[0].groups,
+                "layers": [w.name for w in group],
+                **info,
+            }
+        )
+        for row, w in enumerate(group):
+            meta = {"pass": "templatize", "bank": bank_name, "row": row, "weight": w.name}
+            tagged: list[fx.Node] = []
+            for target in w.module_sites:
+                source = gm.get_submodule(target)
+                _set(gm, target, _mixed_like(source, bank, row))
+                tagged += by_target[target]
+            for leaf_target, inner in w.inner_sites:
+                leaf = gm.get_submodule(leaf_target)
+                _set(leaf, inner, _mixed_like(leaf.get_submodule(inner), bank, row))
+                tagged += by_target[leaf_target]
+            for node in w.attr_nodes:
+                key = str(node.target).replace(".", "_")
+                if key not in mixed_weights:
+                    mixed_weights[key] = MixedWeight(bank, row, str(node.target))
+                with gm.graph.inserting_before(node):
+                    new = gm.graph.call_module(f"growc_weights.{key}")
+                new.meta.update(node.meta)
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+                tagged.append(new)
+            for node in tagged:
+                node.meta.setdefault("growc", {}).setdefault("templatize", []).append(meta)
+            layer_reports.append({**meta, "kind": w.kind, "shape": list(shape), "relative_error": layer_errors[row]})
+
+    if len(banks):
+        gm.add_module("growc_banks", banks)
+    if len(mixed_weights):
+        gm.add_module("growc_weights", mixed_weights)
+    _drop_replaced(gm, {id(w.param) for w in weights})
+    report: dict[str, Any] = {
+        "sharing": sharing,
+        "templates": templates,
+        "init": init,
+        "seed": seed,
+        "window": window if sharing == "shape_window" else None,
+        "banks": bank_reports,
+        "layers": layer_reports,
+        "skipped": skipped,
+        "params": {"before": _count(model), "after": _count(gm)},
+        "shapes": shapes,
+        "trace": gm.meta.get("growc", {}).get("trace", {}),
+    }
+    finish_pass(gm, "templatize", report)
+    if verify:
+        report["output"] = _verify(model, gm, example_inputs)
+    return gm
