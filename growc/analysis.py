@@ -1,21 +1,22 @@
-"""Shape and dtype propagation on fake tensors: no real compute, no parameter copies.
+"""Shape and dtype propagation on the meta device: no real compute, no parameter copies.
 
-:func:`propagate_shapes` runs the graph under ``FakeTensorMode`` (real parameters are converted to fake tensors
-on first use) and stores a :class:`TensorInfo` pytree on every node as ``node.meta["growc_shape"]``. A node whose
-op cannot run on fake tensors (it inspects data, e.g. ``if x.sum() > 0`` inside a leaf) is run once on zeros of
-the propagated shapes instead; such nodes are listed in the returned report, never hidden.
+:func:`propagate_shapes` runs the graph with every parameter, buffer and input swapped for a ``meta`` tensor of the
+same shape and dtype (swapped back afterwards), and stores a :class:`TensorInfo` pytree on every node as
+``node.meta["growc_shape"]``. A node whose op cannot run on meta tensors (it inspects data, e.g. ``if x.sum() > 0``
+inside a leaf module) is run once on real zeros of the propagated shapes instead; such nodes are listed in the
+returned report, never hidden.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, fx
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = ["TensorInfo", "max_abs_rel_error", "propagate_shapes"]
@@ -36,11 +37,16 @@ def _info(value: Any) -> Any:
     return TensorInfo(tuple(int(s) for s in value.shape), value.dtype) if isinstance(value, Tensor) else value
 
 
-class _FakeInterpreter(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, mode: FakeTensorMode) -> None:
+def _to_meta(value: Any) -> Any:
+    return value.to("meta") if isinstance(value, Tensor) else value
+
+
+class _MetaInterpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=True)
-        self.mode = mode
         self.real_nodes: list[str] = []
+        self.real_state: dict[str, Tensor] = {}
+        self.device = torch.device("cpu")
 
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -52,38 +58,50 @@ class _FakeInterpreter(fx.Interpreter):
         n.meta["growc_shape"] = tree_map(_info, result)
         return result
 
+    def fetch_attr(self, target: str) -> Any:
+        return _to_meta(super().fetch_attr(target))
+
     def _run_on_zeros(self, n: fx.Node, error: Exception) -> Any:
         args, kwargs = self.fetch_args_kwargs_from_env(n)
 
         def real(value: Any) -> Any:
-            if isinstance(value, FakeTensor):
-                return torch.zeros(value.shape, dtype=value.dtype)
+            if isinstance(value, Tensor) and value.is_meta:
+                return torch.zeros(value.shape, dtype=value.dtype, device=self.device)
             return value
 
-        with unset_fake_temporarily():
-            args, kwargs = tree_map(real, args), tree_map(real, kwargs)
+        args, kwargs = tree_map(real, args), tree_map(real, kwargs)
+        with _reparametrize_module(self.module, self.real_state):
             out = getattr(self, n.op)(n.target, args, kwargs)
         self.real_nodes.append(f"{n.name} ({type(error).__name__})")
-        return tree_map(lambda v: self.mode.from_tensor(v) if isinstance(v, Tensor) else v, out)
+        return tree_map(_to_meta, out)
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[str, Any]:
     """Annotate every node of ``gm`` with ``node.meta["growc_shape"]`` (a pytree of :class:`TensorInfo`).
 
-    Runs on fake tensors in eval mode (training flags are restored afterwards; no buffer changes). Returns a
-    report: ``nodes`` (count) and ``real_compute_nodes`` (nodes that had to run on zeros).
+    Runs on meta tensors in eval mode under ``no_grad`` (training flags are restored afterwards; parameters and
+    buffers are untouched). Returns a report: ``nodes`` (count) and ``real_compute_nodes`` (nodes that had to run
+    on zeros).
     """
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    state = dict(gm.named_parameters(remove_duplicate=False))
+    state.update(gm.named_buffers(remove_duplicate=False))
+    meta_of: dict[int, Tensor] = {}
+    meta_state = {name: meta_of.setdefault(id(t), t.to("meta")) for name, t in state.items()}
     flags = [(m, m.training) for m in gm.modules()]
+    interpreter = _MetaInterpreter(gm)
+    interpreter.real_state = state
+    devices = [t.device for t in tree_flatten(list(example_inputs))[0] if isinstance(t, Tensor)]
+    interpreter.device = devices[0] if devices else torch.device("cpu")
     gm.eval()
     try:
-        with mode:
-            fake_inputs = tree_map(lambda v: mode.from_tensor(v) if isinstance(v, Tensor) else v, list(example_inputs))
-            interpreter = _FakeInterpreter(gm, mode)
-            interpreter.run(*fake_inputs)
+        with torch.no_grad(), _reparametrize_module(gm, meta_state):
+            interpreter.run(*tree_map(_to_meta, list(example_inputs)))
     finally:
         for module, flag in flags:
             module.training = flag
+        for module in gm.modules():
+            if hasattr(module, "clear_cache"):
+                module.clear_cache()
     return {"nodes": len(gm.graph.nodes), "real_compute_nodes": interpreter.real_nodes}
 
 

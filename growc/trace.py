@@ -25,7 +25,7 @@ from torch import fx, nn
 from .errors import GrowcTraceError
 from .ops import MIXED_TYPES, TemplateBank
 
-__all__ = ["GrowcTracer", "trace"]
+__all__ = ["GrowcTracer", "graph_module", "trace"]
 
 _CONSTRUCTS = (
     ("symbolically traced variables cannot be used as inputs to control flow", "data-dependent control flow"),
@@ -131,8 +131,7 @@ def trace(
                     "error": f"{type(error).__name__}: {error}".splitlines()[0][:300],
                 }
             )
-    name = type(model).__name__
-    gm = fx.GraphModule(tracer.root, graph, name)
+    gm = graph_module(tracer.root, graph, type(model).__name__)
     gm.meta.setdefault("growc", {})["trace"] = {
         "fallback_leaves": fallbacks,
         "leaf_modules": sorted(
@@ -143,12 +142,21 @@ def trace(
     return gm
 
 
+def graph_module(root: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:
+    """``fx.GraphModule(root, graph)`` that also keeps ``root``'s template banks registered.
+
+    fx copies only the attributes the graph's nodes name; banks are reached through mixed layers, not nodes, so
+    they are carried over explicitly (the state dict must keep holding every template exactly once).
+    """
+    gm = fx.GraphModule(root, graph, class_name)
+    if isinstance(getattr(root, "growc_banks", None), nn.Module) and not hasattr(gm, "growc_banks"):
+        gm.add_module("growc_banks", root.growc_banks)
+    if isinstance(root, fx.GraphModule):
+        gm.meta.update(root.meta)
+    return gm
+
+
 def _is_builtin_leaf(gm: fx.GraphModule, node: fx.Node) -> bool:
     module = gm.get_submodule(str(node.target))
     qualified = type(module).__module__
     return qualified.startswith(("torch.nn", "torch.ao.nn", "growc."))
-
-
-def is_traced(model: Any) -> bool:
-    """True for a ``torch.fx.GraphModule``."""
-    return isinstance(model, fx.GraphModule) and isinstance(getattr(model, "graph", None), torch.fx.Graph)

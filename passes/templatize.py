@@ -48,7 +48,7 @@ from growc.ops import (
     TemplateBank,
 )
 from growc.pipeline import finish_pass
-from growc.trace import trace
+from growc.trace import graph_module, trace
 
 __all__ = ["templatize"]
 
@@ -265,55 +265,58 @@ def _group(weights: list[_Weight], sharing: str, window: int) -> list[list[_Weig
     return [ws[i : i + window] for ws in by_key.values() for i in range(0, len(ws), window)]
 
 
-def _kaiming(count: int, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+def _kaiming(count: int, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """``count`` Kaiming-normal (fan-in, ReLU gain) tensors of ``shape``, flattened to ``[count, D]``."""
     fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
     std = math.sqrt(2.0) / math.sqrt(max(fan_in, 1))
-    return torch.randn((count, *shape), generator=generator, dtype=torch.float64) * std
+    return (torch.randn((count, math.prod(shape)), generator=generator, dtype=torch.float32) * std).to(dtype)
 
 
 def _init_bank(
     stacked: Tensor, shape: tuple[int, ...], init: str, k: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Templates ``[K, D]`` and coefficients ``[L, K]`` (float64) for ``stacked`` weights ``[L, D]``."""
+    """Templates ``[K, D]`` and coefficients ``[L, K]`` (CPU, ``stacked``'s dtype) for weights ``stacked`` ``[L, D]``.
+
+    Only the SVD runs in float64; ``exact`` copies the weights bit for bit.
+    """
     num_layers, dim = stacked.shape
+    dtype = stacked.dtype
     info: dict[str, Any] = {"templates_requested": k}
     if init == "exact":
         k_eff = max(k, num_layers)
         if k_eff != k:
             info["note"] = f"K raised from {k} to {k_eff}: an exact identity basis needs one template per layer"
-        templates = torch.empty(k_eff, dim, dtype=torch.float64)
-        templates[:num_layers] = stacked
-        templates[num_layers:] = _kaiming(k_eff - num_layers, shape, generator).reshape(-1, dim)
-        coefficients = torch.zeros(num_layers, k_eff, dtype=torch.float64)
-        coefficients[:, :num_layers] = torch.eye(num_layers, dtype=torch.float64)
+        templates = torch.cat([stacked, _kaiming(k_eff - num_layers, shape, generator, dtype)])
+        coefficients = torch.zeros(num_layers, k_eff, dtype=dtype)
+        coefficients[:, :num_layers] = torch.eye(num_layers, dtype=dtype)
         info.update(templates=k_eff, basis="identity", predicted_error=0.0)
     elif init == "svd":
-        u, s, vh = torch.linalg.svd(stacked, full_matrices=False)
+        u, s, vh = torch.linalg.svd(stacked.to(torch.float64), full_matrices=False)
         r = min(k, s.numel())
-        templates = torch.empty(k, dim, dtype=torch.float64)
-        templates[:r] = s[:r, None] * vh[:r]
-        templates[r:] = _kaiming(k - r, shape, generator).reshape(-1, dim)
-        coefficients = torch.zeros(num_layers, k, dtype=torch.float64)
-        coefficients[:, :r] = u[:, :r]
+        templates = torch.cat([(s[:r, None] * vh[:r]).to(dtype), _kaiming(k - r, shape, generator, dtype)])
+        coefficients = torch.zeros(num_layers, k, dtype=dtype)
+        coefficients[:, :r] = u[:, :r].to(dtype)
         total = float((s**2).sum())
-        tail = float((s[r:] ** 2).sum())
-        predicted = math.sqrt(tail / total) if total > 0 else 0.0
+        predicted = math.sqrt(float((s[r:] ** 2).sum()) / total) if total > 0 else 0.0
         info.update(templates=k, basis="svd", predicted_error=predicted, singular_values=s.tolist()[:16])
         if k > s.numel():
             info["note"] = (
                 f"only {s.numel()} singular directions; {k - s.numel()} extra Kaiming templates with zero coefficients"
             )
     else:  # fresh
-        templates = _kaiming(k, shape, generator).reshape(k, dim)
-        coefficients = torch.empty(num_layers, k, dtype=torch.float64)
+        templates = _kaiming(k, shape, generator, dtype)
+        coefficients = torch.empty(num_layers, k, dtype=torch.float32)
         nn.init.orthogonal_(coefficients, generator=generator)
+        coefficients = coefficients.to(dtype)
         info.update(templates=k, basis="fresh")
     return templates, coefficients, info
 
 
 def _rel(diff: Tensor, ref: Tensor) -> float:
-    ref_norm = float(ref.norm())
-    return float(diff.norm()) / ref_norm if ref_norm > 0 else float(diff.norm())
+    """Relative Frobenius error ``||diff|| / ||ref||``, accumulated in float64."""
+    ref_norm = float(torch.linalg.vector_norm(ref, dtype=torch.float64))
+    diff_norm = float(torch.linalg.vector_norm(diff, dtype=torch.float64))
+    return diff_norm / ref_norm if ref_norm > 0 else diff_norm
 
 
 def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any]) -> dict[str, float]:
@@ -376,17 +379,25 @@ def templatize(
         raise GrowcConfigError(f"window must be a positive integer, got {window!r}")
     example_inputs = tuple(example_inputs)
 
-    work = copy.deepcopy(model)
-    if isinstance(work, fx.GraphModule):
-        gm = work
-    else:
-        gm = trace(work, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, concrete_args=concrete_args)
+    traced = model if isinstance(model, fx.GraphModule) else trace(
+        model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, concrete_args=concrete_args
+    )
+    # Copy everything except the weights about to be replaced (they are only read, never written): the result
+    # shares no mutable state with ``model`` and the copy does not pay for the bulk of the bytes.
+    memo: dict[int, Any] = {id(w.param): w.param for w in _collect(traced)[0]}
+    root = copy.deepcopy(model, memo)
+    gm = graph_module(root, copy.deepcopy(traced.graph), traced.__class__.__name__)
+    gm.meta = copy.deepcopy(traced.meta)
     shapes = propagate_shapes(gm, example_inputs)
     weights, skipped = _collect(gm)
     generator = torch.Generator().manual_seed(seed)
 
-    banks = gm.get_submodule("growc_banks") if hasattr(gm, "growc_banks") else nn.ModuleDict()
-    mixed_weights = gm.get_submodule("growc_weights") if hasattr(gm, "growc_weights") else nn.ModuleDict()
+    # registered up front: graph.call_module checks that its target exists
+    for container in ("growc_banks", "growc_weights"):
+        if not hasattr(gm, container):
+            gm.add_module(container, nn.ModuleDict())
+    banks = gm.get_submodule("growc_banks")
+    mixed_weights = gm.get_submodule("growc_weights")
     by_target: dict[str, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -396,22 +407,18 @@ def templatize(
     for group in _group(weights, sharing, window):
         first = group[0].param
         shape = tuple(first.shape)
-        stacked = torch.stack([w.param.detach().reshape(-1).to("cpu", torch.float64) for w in group])
-        t64, a64, info = _init_bank(stacked, shape, init, templates, generator)
+        stacked = torch.stack([w.param.detach().reshape(-1).cpu() for w in group])
+        t, a, info = _init_bank(stacked, shape, init, templates, generator)
         bank = TemplateBank(
-            t64.reshape(-1, *shape).to(first.device, first.dtype),
-            a64.to(first.device, first.dtype),
-            kind=group[0].kind,
-            groups=group[0].groups,
+            t.reshape(-1, *shape).to(first.device), a.to(first.device), kind=group[0].kind, groups=group[0].groups
         )
         bank_name = f"bank{len(banks)}"
         banks[bank_name] = bank
         with torch.no_grad():
-            generated = bank.weights().reshape(len(group), -1).to("cpu", torch.float64)
-        original = stacked.to(torch.float32).to(torch.float64)
-        layer_errors = [_rel(generated[i] - original[i], original[i]) for i in range(len(group))]
+            diff = bank.weights().reshape(len(group), -1).cpu() - stacked
+        layer_errors = [_rel(diff[i], stacked[i]) for i in range(len(group))]
         if init != "fresh":
-            info["measured_error"] = _rel(generated - original, original)
+            info["measured_error"] = _rel(diff, stacked)
         bank_reports.append(
             {
                 "name": bank_name,
@@ -447,10 +454,9 @@ def templatize(
                 node.meta.setdefault("growc", {}).setdefault("templatize", []).append(meta)
             layer_reports.append({**meta, "kind": w.kind, "shape": list(shape), "relative_error": layer_errors[row]})
 
-    if len(banks):
-        gm.add_module("growc_banks", banks)
-    if len(mixed_weights):
-        gm.add_module("growc_weights", mixed_weights)
+    for container in ("growc_banks", "growc_weights"):
+        if not len(gm.get_submodule(container)):
+            delattr(gm, container)
     _drop_replaced(gm, {id(w.param) for w in weights})
     report: dict[str, Any] = {
         "sharing": sharing,

@@ -114,9 +114,6 @@ _ACT_MODULES: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "hardswish": nn.Hardswish,
 }
-_BLOCK_KINDS = frozenset(
-    {"conv", "bn", "gn", "act", "residual", "dense", "inception", "se", "pool", "dropout", "fconv", "flinear"}
-)
 _HEAD_KINDS = frozenset({"gap_head", "flatten_head"})
 _NORMS = ("none", "bn", "gn")
 
@@ -285,7 +282,9 @@ def _out_len(n: int, k: int, stride: int, pad: int, dil: int = 1) -> int:
     return (n + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-def block_output_shape(block: BlockSpec, dim: int, c: int, size: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+def block_output_shape(
+    block: BlockSpec, dim: int, c: int, size: tuple[int, ...]
+) -> tuple[int, tuple[int, ...]]:
     """Channels and spatial size after ``block`` given its input channels ``c`` and ``size``.
 
     Raises:
@@ -421,7 +420,9 @@ class InceptionConcat(nn.Module):
         super().__init__()
         conv = _conv_cls(dim)
         self.branch1 = nn.Sequential(conv(c_in, c1, 1, stride=stride, device=device), _make_act(act))
-        self.branch2 = nn.Sequential(conv(c_in, c2, 3, stride=stride, padding=1, device=device), _make_act(act))
+        self.branch2 = nn.Sequential(
+            conv(c_in, c2, 3, stride=stride, padding=1, device=device), _make_act(act)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch1(x), self.branch2(x)], dim=1)
@@ -446,7 +447,8 @@ class SqueezeExcite(nn.Module):
 class FunctionalConv(nn.Module):
     """Convolution with raw ``nn.Parameter`` weights, applied through ``F.conv1d``/``F.conv2d``."""
 
-    def __init__(self, dim: int, c_in: int, c_out: int, k: int, bias: bool, device: torch.device | str = "cpu"
+    def __init__(
+        self, dim: int, c_in: int, c_out: int, k: int, bias: bool, device: torch.device | str = "cpu"
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -473,7 +475,9 @@ class FunctionalLinear(nn.Module):
         return y.movedim(-1, 1)
 
 
-def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str) -> nn.Module:
+def _make_block(
+    block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str
+) -> nn.Module:
     kind = block.kind
     if kind == "conv":
         return _conv_cls(dim)(
@@ -509,7 +513,13 @@ def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], devic
         )
     if kind == "dense":
         return DenseConcat(
-            dim, c, int(block["growth"]), str(block["norm"]), int(block["norm_groups"]), str(block["act"]), device
+            dim,
+            c,
+            int(block["growth"]),
+            str(block["norm"]),
+            int(block["norm_groups"]),
+            str(block["act"]),
+            device,
         )
     if kind == "inception":
         return InceptionConcat(
@@ -893,4 +903,3 @@ def cnn_models(
         batch_size=st.sampled_from(sizes),
         input_seed=st.integers(0, 2**31 - 1),
     )
-

@@ -1,0 +1,269 @@
+"""The templatize pass: function preservation, banks, sharing policies, init modes, reports, purity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import fx, nn
+
+import growc
+from growc.ops import MixedConv2d, MixedLinear, MixedWeight, TemplateBank
+from growc.testing import assert_same_function, cnn_models
+from helpers import assert_unchanged, snapshot
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.c = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        x = self.bn(self.c(torch.relu(self.b(x))) + x)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def tiny() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    torch.manual_seed(0)
+    return Tiny(), (torch.randn(2, 3, 8, 8),)
+
+
+@given(cnn_models(), st.sampled_from(["layer", "shape", "shape_window"]), st.integers(1, 3))
+def test_exact_preserves_function_and_materialize_folds_back(generated, sharing, k) -> None:
+    model, inputs = generated.module, generated.inputs
+    before = snapshot(model)
+    gm = growc.templatize(model, inputs, sharing=sharing, templates=k, init="exact")
+    assert_unchanged(model, before)
+    assert_same_function(model, gm, inputs, rtol=1e-5, atol=1e-6, mode="both")
+    plain = growc.materialize(gm)
+    assert_same_function(model, plain, inputs, rtol=1e-5, atol=1e-6, mode="both")
+    assert not any(isinstance(m, (TemplateBank, *growc.ops.MIXED_TYPES)) for m in plain.modules())
+    report = gm.meta["growc"]["templatize"]
+    assert report["output"]["max_rel"] <= 1e-5
+    # every Conv/Linear weight of the generated model became a bank row
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    raw = [p for m in model.modules() for n, p in m.named_parameters(recurse=False) if n == "weight" and p.dim() > 1]
+    assert len(report["layers"]) == len({id(p) for p in raw} | {id(m.weight) for m in weighted})
+
+
+@given(cnn_models(), st.sampled_from(["shape", "shape_window"]), st.integers(1, 3))
+def test_svd_reported_error_matches_measured(generated, sharing, k) -> None:
+    gm = growc.templatize(generated.module, generated.inputs, sharing=sharing, templates=k, init="svd")
+    for bank in gm.meta["growc"]["templatize"]["banks"]:
+        assert abs(bank["predicted_error"] - bank["measured_error"]) <= 1e-3, bank
+        if len(bank["layers"]) <= k:
+            assert bank["measured_error"] <= 1e-5
+
+
+@given(cnn_models(), st.integers(0, 2**16))
+def test_fresh_init_is_seeded_and_never_zero_pairs(generated, seed) -> None:
+    a = growc.templatize(generated.module, generated.inputs, init="fresh", seed=seed, sharing="shape")
+    b = growc.templatize(generated.module, generated.inputs, init="fresh", seed=seed, sharing="shape")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    for bank in a.growc_banks.values():
+        for j in range(bank.num_templates):
+            assert bank.templates[j].abs().sum() > 0 or bank.coefficients[:, j].abs().sum() > 0
+
+
+def test_state_dict_holds_each_template_once(tiny) -> None:
+    model, inputs = tiny
+    gm = growc.templatize(model, inputs, sharing="shape", templates=2)
+    keys = list(gm.state_dict())
+    assert [k for k in keys if k.endswith("templates")] == ["growc_banks.bank0.templates", "growc_banks.bank1.templates",
+                                                          "growc_banks.bank2.templates"]
+    assert not any(k.endswith(".weight") and k.split(".")[0] in {"a", "b", "c", "fc"} for k in keys)
+    ptrs = [v.data_ptr() for v in gm.state_dict().values() if v.numel()]
+    assert len(ptrs) == len(set(ptrs))
+    # b and c share one bank (same kind, shape, groups) with one coefficient row each
+    assert gm.b.bank is gm.c.bank and (gm.b.index, gm.c.index) == (0, 1)
+    assert isinstance(gm.b, MixedConv2d) and isinstance(gm.fc, MixedLinear)
+
+
+def test_exact_raises_k_and_reports_it(tiny) -> None:
+    model, inputs = tiny
+    gm = growc.templatize(model, inputs, sharing="shape", templates=1)
+    bank = next(b for b in gm.meta["growc"]["templatize"]["banks"] if len(b["layers"]) == 2)
+    assert bank["templates"] == 2 and bank["templates_requested"] == 1
+    assert bank["note"] == "K raised from 1 to 2: an exact identity basis needs one template per layer"
+    assert torch.equal(gm.b.weight, model.b.weight) and torch.equal(gm.c.weight, model.c.weight)
+
+
+def test_svd_error_formula_on_a_known_spectrum() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(6, 6, bias=False) for _ in range(4)])
+    gm = growc.templatize(model, (torch.randn(3, 6),), sharing="shape", templates=2, init="svd")
+    stacked = torch.stack([m.weight.detach().reshape(-1) for m in model]).double()
+    s = torch.linalg.svdvals(stacked)
+    expected = math.sqrt(float((s[2:] ** 2).sum() / (s**2).sum()))
+    bank = gm.meta["growc"]["templatize"]["banks"][0]
+    assert bank["predicted_error"] == pytest.approx(expected, rel=1e-9)
+    assert bank["measured_error"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_shape_window_groups_consecutive_layers() -> None:
+    model = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(5)])
+    gm = growc.templatize(model, (torch.randn(1, 4, 6, 6),), sharing="shape_window", window=2)
+    banks = gm.meta["growc"]["templatize"]["banks"]
+    assert [b["layers"] for b in banks] == [["0.weight", "1.weight"], ["2.weight", "3.weight"], ["4.weight"]]
+
+
+def test_layer_sharing_one_bank_per_weight(tiny) -> None:
+    model, inputs = tiny
+    gm = growc.templatize(model, inputs, sharing="layer", templates=3)
+    report = gm.meta["growc"]["templatize"]
+    assert len(report["banks"]) == 4 and all(b["templates"] == 3 for b in report["banks"])
+    n_weights = sum(m.weight.numel() for m in (model.a, model.b, model.c, model.fc))
+    before = sum(p.numel() for p in model.parameters())
+    assert report["params"] == {"before": before, "after": before + 2 * n_weights + 3 * 4}
+
+
+class Functional(nn.Module):
+    """Weights reaching functional ops, a matmul, an opaque wrapped function, plus a tied and a blocked one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+        self.lin = nn.Parameter(torch.randn(4, 6))
+        self.proj = nn.Parameter(torch.randn(6, 5))
+        self.scale = nn.Parameter(torch.randn(5, 5))  # used by `mul`: not a weighted op, must be skipped
+        self.fc = nn.Linear(5, 5)
+        self.fc2 = nn.Linear(5, 5)
+        self.fc2.weight = self.fc.weight  # tied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x, self.w, padding=1, groups=1).mean((2, 3))  # [B, 4]
+        y = opaque_matmul(y, self.lin)  # [B, 6]
+        y = y @ self.proj
+        y = self.fc2(self.fc(y)) * self.scale.sum()
+        return y
+
+
+@torch.fx.wrap
+def opaque_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x @ w
+
+
+def test_get_attr_weights_tied_weights_and_blocked_uses() -> None:
+    torch.manual_seed(0)
+    model = Functional()
+    x = torch.randn(2, 3, 5, 5)
+    gm = growc.templatize(model, (x,), templates=2)
+    report = gm.meta["growc"]["templatize"]
+    assert sorted(layer["weight"] for layer in report["layers"]) == ["fc.weight", "lin", "proj", "w"]
+    assert report["skipped"] == []  # `scale` has no weighted use, so it is not a candidate at all
+    assert isinstance(gm.growc_weights.w, MixedWeight) and gm.growc_weights.w.source == "w"
+    assert gm.fc.bank is gm.fc2.bank and gm.fc.index == gm.fc2.index  # tied: one bank row
+    kinds = {layer["weight"]: layer["kind"] for layer in report["layers"]}
+    assert kinds == {"w": "conv2d", "lin": "param", "proj": "param", "fc.weight": "linear"}
+    assert "scale" in dict(gm.named_parameters())
+    assert_same_function(model, gm, (x,), mode="both")
+    plain = growc.materialize(gm)
+    assert_same_function(model, plain, (x,), mode="both")
+    assert plain.fc.weight is plain.fc2.weight  # still tied after folding
+
+
+class Blocked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.fc.weight.sum()
+
+
+def test_weight_also_used_by_a_plain_op_is_skipped_with_reason() -> None:
+    gm = growc.templatize(Blocked(), (torch.randn(2, 4),))
+    report = gm.meta["growc"]["templatize"]
+    assert report["layers"] == []
+    assert report["skipped"] == [
+        {"target": "fc.weight", "reason": "also used by an op that is not a weighted op: node 'sum_1' (call_method sum)"}
+    ]
+
+
+class WithLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.attn(x, x, x)
+        return self.fc(y.mean(1))
+
+
+def test_linear_inside_leaf_module_is_templatized_raw_parameter_skipped() -> None:
+    torch.manual_seed(0)
+    model = WithLeaf()
+    x = torch.randn(2, 5, 8)
+    gm = growc.templatize(model, (x,))
+    report = gm.meta["growc"]["templatize"]
+    assert sorted(layer["weight"] for layer in report["layers"]) == ["attn.out_proj.weight", "fc.weight"]
+    assert {"target": "attn.in_proj_weight", "reason": "raw parameter inside leaf module MultiheadAttention, not the "
+            "weight of a Conv/Linear submodule"} in report["skipped"]
+    assert isinstance(gm.attn.out_proj, MixedLinear)
+    assert_same_function(model, gm, (x,), mode="eval")
+    assert_same_function(model, growc.materialize(gm), (x,), mode="eval")
+
+
+def test_graph_module_input_and_meta_records(tiny) -> None:
+    model, inputs = tiny
+    traced = growc.trace(model)
+    before = snapshot(traced)
+    gm = growc.templatize(traced, inputs)
+    assert_unchanged(traced, before)
+    node = next(n for n in gm.graph.nodes if n.target == "b")
+    assert node.meta["growc"]["templatize"] == [{"pass": "templatize", "bank": "bank1", "row": 0, "weight": "b.weight"}]
+    assert node.meta["growc_shape"].shape == (2, 8, 8, 8)
+    assert gm.meta["growc"]["history"] == ["templatize"]
+    gm.graph.lint()
+
+
+def test_templatize_a_templatized_model_is_a_no_op_on_banks(tiny) -> None:
+    model, inputs = tiny
+    gm = growc.templatize(model, inputs)
+    again = growc.templatize(gm, inputs)
+    assert again.meta["growc"]["templatize"]["layers"] == []
+    assert len(again.growc_banks) == len(gm.growc_banks)
+    assert_same_function(gm, again, inputs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sharing": "global"}, "sharing must be 'layer', 'shape' or 'shape_window', got 'global'"),
+        ({"init": "zeros"}, "init must be 'exact', 'svd' or 'fresh', got 'zeros'"),
+        ({"templates": 0}, "templates must be a positive integer, got 0"),
+        ({"window": 0}, "window must be a positive integer, got 0"),
+    ],
+)
+def test_bad_options_are_refused(tiny, kwargs, message) -> None:
+    model, inputs = tiny
+    with pytest.raises(growc.GrowcConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+        growc.templatize(model, inputs, **kwargs)
+
+
+def test_double_precision_model_stays_double(tiny) -> None:
+    model, inputs = tiny
+    model = model.double()
+    gm = growc.templatize(model, (inputs[0].double(),), init="svd", sharing="shape")
+    assert gm.growc_banks.bank0.templates.dtype == torch.float64
+    assert gm.meta["growc"]["templatize"]["output"]["max_rel"] < 1e-12
+
+
+def test_result_is_an_fx_graph_module_with_lintable_graph(tiny) -> None:
+    model, inputs = tiny
+    gm = growc.templatize(model, inputs)
+    assert isinstance(gm, fx.GraphModule)
+    gm.graph.lint()
+    assert "self.b(" in gm.code
