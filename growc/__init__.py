@@ -19,10 +19,9 @@ from .ops import (
     param_groups,
     param_roles,
 )
+from .passes import materialize, templatize
 from .pipeline import Pipeline
 from .trace import trace
-
-from .passes import materialize, templatize  # noqa: E402  (passes import the modules above)
 
 __version__ = "0.1.0"
 
@@ -39,6 +38,7 @@ __all__ = [
     "Pipeline",
     "TemplateBank",
     "TensorInfo",
+    "__version__",
     "materialize",
     "max_abs_rel_error",
     "param_groups",
@@ -46,5 +46,4 @@ __all__ = [
     "propagate_shapes",
     "templatize",
     "trace",
-    "__version__",
 ]

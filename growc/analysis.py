@@ -51,7 +51,7 @@ class _MetaInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
-        except Exception as error:  # noqa: BLE001 - data-dependent op: fall back to zeros, and say so
+        except Exception as error:
             if n.op not in ("call_module", "call_function", "call_method"):
                 raise
             result = self._run_on_zeros(n, error)
@@ -105,27 +105,66 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[
     return {"nodes": len(gm.graph.nodes), "real_compute_nodes": interpreter.real_nodes}
 
 
-def max_abs_rel_error(reference: Any, output: Any) -> tuple[float, float]:
-    """Largest absolute difference over all tensor leaves of two pytrees, and that divided by ``max|reference|``.
+# Error measure (a *max-norm relative error*), per output leaf ``x`` (reference) and ``y`` (candidate):
+#     max_abs = max |x - y|;  max_rel = max_abs / max |x|  (0 when max_abs == 0)
+# Positions where both values are equal (equal infinities included) or both NaN count as 0; any other NaN/inf
+# mismatch counts as an infinite difference; ``max |x|`` is taken over finite entries.
 
-    The relative error is a max-norm one: ``max|ref - out| / max|ref|`` (0 when both are 0). Raises ``ValueError``
-    when the trees' structures or leaf shapes differ.
-    """
-    ref_leaves, ref_spec = tree_flatten(reference)
-    out_leaves, out_spec = tree_flatten(output)
-    if ref_spec != out_spec:
-        raise ValueError(f"output structures differ: {ref_spec} vs {out_spec}")
-    max_abs = 0.0
-    max_ref = 0.0
-    for ref, out in zip(ref_leaves, out_leaves, strict=True):
-        if not isinstance(ref, Tensor):
-            continue
-        if ref.shape != out.shape:
-            raise ValueError(f"output shapes differ: {tuple(ref.shape)} vs {tuple(out.shape)}")
-        ref64, out64 = ref.detach().double(), out.detach().double()
-        if ref64.numel():
-            max_abs = max(max_abs, float((ref64 - out64).abs().max()))
-            max_ref = max(max_ref, float(ref64.abs().max()))
-    if max_abs == 0.0:
+
+def _as_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (bool, int, float, complex)):
+        return torch.tensor(value)
+    return None
+
+
+def _leaf_stats(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+    """``(max|ref - out|, max|ref|)`` for two same-shaped tensors (see module docstring)."""
+    if ref.numel() == 0:
         return 0.0, 0.0
-    return max_abs, (max_abs / max_ref if max_ref > 0 else math.inf)
+    wide = torch.complex128 if (ref.is_complex() or out.is_complex()) else torch.float64
+    x = ref.detach().to("cpu", wide)
+    y = out.detach().to("cpu", wide)
+    diff = (x - y).abs()
+    same = (x == y) | (x.isnan() & y.isnan())
+    diff = torch.where(same, torch.zeros_like(diff), diff)
+    diff = torch.nan_to_num(diff, nan=math.inf)
+    ref_abs = x.abs()
+    finite = ref_abs[torch.isfinite(ref_abs)]
+    ref_max = float(finite.max()) if finite.numel() else 0.0
+    return float(diff.max()), ref_max
+
+
+def _rel(max_abs: float, ref_max: float) -> float:
+    if max_abs == 0.0:
+        return 0.0
+    return max_abs / ref_max if ref_max > 0.0 else math.inf
+
+
+def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
+    """Max absolute and max-norm relative error between two outputs (tensors or pytrees).
+
+    Returns ``(max_abs, max_abs / max|ref|)`` where both maxima run over all elements of all
+    leaves; the relative error is 0 when ``max_abs`` is 0 (in particular when both are zero)
+    and ``inf`` when ``ref`` is all zeros but ``out`` is not.  Python numbers are treated as
+    0-d tensors; other leaves (``None``, strings, ...) contribute 0 if equal and ``inf`` if not.
+
+    Raises:
+        ValueError: if the tree structures or the shapes of corresponding leaves differ.
+    """
+    ref_leaves, ref_spec = tree_flatten(ref)
+    out_leaves, out_spec = tree_flatten(out)
+    if ref_spec != out_spec:
+        raise ValueError(f"output structures differ:\n  ref: {ref_spec}\n  out: {out_spec}")
+    max_abs = ref_max = 0.0
+    for i, (r, o) in enumerate(zip(ref_leaves, out_leaves, strict=True)):
+        rt, ot = _as_tensor(r), _as_tensor(o)
+        if rt is None or ot is None:
+            leaf_abs, leaf_ref = (0.0 if r == o else math.inf), 0.0
+        else:
+            if rt.shape != ot.shape:
+                raise ValueError(f"leaf {i}: shapes differ: ref {tuple(rt.shape)} vs out {tuple(ot.shape)}")
+            leaf_abs, leaf_ref = _leaf_stats(rt, ot)
+        max_abs, ref_max = max(max_abs, leaf_abs), max(ref_max, leaf_ref)
+    return max_abs, _rel(max_abs, ref_max)

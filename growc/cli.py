@@ -119,7 +119,10 @@ def format_templatize_report(report: dict[str, Any], title: str = "") -> str:
     lines.append(
         f"sharing={report['sharing']}  templates={report['templates']}  init={report['init']}  seed={report['seed']}"
     )
-    header = f"{'bank':<8} {'kind':<7} {'weight shape':<20} {'groups':>6} {'layers':>6} {'K':>4} {'pred err':>9} {'meas err':>9}"
+    header = (
+        f"{'bank':<8} {'kind':<7} {'weight shape':<20} {'groups':>6} {'layers':>6} {'K':>4} "
+        f"{'pred err':>9} {'meas err':>9}"
+    )
     lines += [header, "-" * len(header)]
     for bank in report["banks"]:
         shape = "x".join(str(s) for s in bank["weight_shape"])
@@ -145,7 +148,9 @@ def format_templatize_report(report: dict[str, Any], title: str = "") -> str:
         lines.append(f"shape analysis ran {len(real)} node(s) on zeros: {', '.join(real)}")
     if "output" in report:
         out = report["output"]
-        lines.append(f"output vs original ({out['mode']} mode): max abs {out['max_abs']:.3e}, max rel {out['max_rel']:.3e}")
+        lines.append(
+            f"output vs original ({out['mode']} mode): max abs {out['max_abs']:.3e}, max rel {out['max_rel']:.3e}"
+        )
     if report["init"] == "svd" and any(b.get("predicted_error", 0) > 1e-3 for b in report["banks"]):
         lines.append(
             "note: a rank-K fit of layers that were never trained to share templates loses accuracy; fine-tune the "

@@ -36,9 +36,7 @@ class _PreActBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.shortcut = (
-            nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-            if stride != 1 or in_planes != planes
-            else None
+            nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False) if stride != 1 or in_planes != planes else None
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -40,9 +40,7 @@ class TemplateBank(nn.Module):
     def __init__(self, templates: Tensor, coefficients: Tensor, *, kind: str, groups: int = 1) -> None:
         super().__init__()
         if coefficients.dim() != 2 or coefficients.shape[1] != templates.shape[0]:
-            raise ValueError(
-                f"coefficients must be [layers, K={templates.shape[0]}], got {tuple(coefficients.shape)}"
-            )
+            raise ValueError(f"coefficients must be [layers, K={templates.shape[0]}], got {tuple(coefficients.shape)}")
         self.templates = nn.Parameter(templates)
         self.coefficients = nn.Parameter(coefficients)
         self.kind = kind
@@ -237,7 +235,8 @@ class MixedWeight(_Mixed):
     """A generated weight tensor on its own: stands in for a ``get_attr`` of a raw weight ``nn.Parameter``.
 
     Used where a parameter reaches a functional op (``F.conv2d(x, self.weight)``), a leaf module's input or an
-    opaque wrapped function. ``source`` is the dotted path the parameter had, which :func:`growc.materialize`
+    opaque wrapped function (as a ``call_module`` node), and as the parametrization of a raw weight parameter
+    inside a leaf module. ``source`` is the dotted path the parameter had, which :func:`growc.materialize`
     restores.
     """
 
@@ -248,7 +247,9 @@ class MixedWeight(_Mixed):
     def extra_repr(self) -> str:
         return f"source={self.source!r}, shape={self._bank.weight_shape}, row={self.index}"
 
-    def forward(self) -> Tensor:
+    def forward(self, original: Tensor | None = None) -> Tensor:
+        # ``original`` is ignored: it is what torch.nn.utils.parametrize passes when this module parametrizes a
+        # raw parameter inside a leaf module; as a graph node it is called with no argument.
         return self.weight
 
 
@@ -269,9 +270,7 @@ def param_roles(model: nn.Module) -> dict[str, str]:
     return {name: special.get(id(p), "other") for name, p in model.named_parameters()}
 
 
-def param_groups(
-    model: nn.Module, weight_decay: float = 0.0, *, only_trainable: bool = True
-) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float = 0.0, *, only_trainable: bool = True) -> list[dict[str, Any]]:
     """Optimizer parameter groups: weight decay on templates and other parameters, never on coefficients.
 
     Returns ``[{"params": [...], "weight_decay": weight_decay, "name": "decay"},

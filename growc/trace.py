@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from .errors import GrowcTraceError
@@ -109,7 +108,7 @@ def trace(
         try:
             graph = tracer.trace(model, concrete_args=concrete_args)
             break
-        except Exception as error:  # noqa: BLE001 - any failure inside user code is reported or turned into a leaf
+        except Exception as error:
             path = tracer.failed_module
             construct = _construct(error)
             if not path or path in fallback_paths:

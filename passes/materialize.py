@@ -5,7 +5,8 @@ What it does to the graph:
 * each ``call_module`` of a mixed layer (:class:`~growc.ops.MixedConv2d`, :class:`~growc.ops.MixedLinear`, ...)
   keeps its target and node, and the module becomes a plain ``nn.Conv*``/``nn.Linear`` whose weight is the
   generated weight (detached copy) and whose bias is a copy of the mixed layer's bias;
-* mixed layers inside leaf modules are swapped back the same way;
+* mixed layers inside leaf modules are swapped back the same way, and the parametrizations growc put on raw
+  weight parameters of leaf modules are removed, leaving a plain ``nn.Parameter`` with the generated value;
 * each ``call_module`` of a :class:`~growc.ops.MixedWeight` becomes a ``get_attr`` of a new ``nn.Parameter``
   registered at the path the weight had before templatizing;
 * the ``growc_banks`` and ``growc_weights`` containers are removed. The result has no growc modules and computes
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from growc.ops import MIXED_TYPES, MixedWeight
 from growc.pipeline import finish_pass
@@ -36,6 +38,24 @@ def _owner(root: nn.Module, target: str) -> tuple[nn.Module, str]:
             module.add_module(part, nn.Module())
         module = getattr(module, part)
     return module, attr
+
+
+def _unparametrize(module: nn.Module, attr: str, weight: nn.Parameter) -> None:
+    """Replace growc's parametrization of ``module.<attr>`` by the plain parameter ``weight``.
+
+    ``parametrize.remove_parametrizations`` edits the module's generated class, which a deep copy shares with
+    the module it was copied from (the input of this pass); so the instance gets a class of its own instead.
+    """
+    cls = type(module)
+    base = cls.__bases__[0]
+    del module.parametrizations[attr]
+    if len(module.parametrizations) == 0:
+        del module._modules["parametrizations"]
+        module.__class__ = base
+    else:
+        namespace = {k: v for k, v in vars(cls).items() if k not in (attr, "__dict__", "__weakref__")}
+        module.__class__ = type(cls.__name__, (base,), namespace)
+    module.register_parameter(attr, weight)
 
 
 def materialize(gm: fx.GraphModule) -> fx.GraphModule:
@@ -85,6 +105,11 @@ def materialize(gm: fx.GraphModule) -> fx.GraphModule:
                         parent, attr = _owner(module, inner)
                         setattr(parent, attr, plain(sub))
                         folded.append({"target": f"{node.target}.{inner}", "kind": type(sub).__name__})
+                    elif parametrize.is_parametrized(sub):
+                        for attr, plist in list(sub.parametrizations.items()):
+                            if len(plist) == 1 and isinstance(plist[0], MixedWeight):
+                                _unparametrize(sub, attr, weight_of(plist[0]))
+                                folded.append({"target": plist[0].source, "kind": "parametrization"})
     for name in ("growc_banks", "growc_weights"):
         if hasattr(out, name):
             delattr(out, name)

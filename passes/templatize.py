@@ -4,8 +4,9 @@ What it does to the graph:
 
 * finds every weight a weighted op uses: ``call_module`` nodes of ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (and
   subclasses that keep their ``forward``), ``get_attr`` nodes of a parameter consumed as the weight of a
-  functional conv/linear, by a matmul, by a leaf module or by an opaque (autowrapped) function, and the
-  Conv/Linear submodules inside leaf modules. Tied weights (one ``nn.Parameter`` reached by several paths) are
+  functional conv/linear, by a matmul, by a leaf module or by an opaque (autowrapped) function, the
+  Conv/Linear submodules inside leaf modules, and raw weight parameters of leaf modules (e.g.
+  ``nn.MultiheadAttention.in_proj_weight``), which a ``torch.nn.utils.parametrize`` parametrization covers. Tied weights (one ``nn.Parameter`` reached by several paths) are
   found by identity and become one bank row;
 * groups the weights into banks by the sharing policy: ``layer`` (one bank per weight), ``shape`` (one bank per
   key ``(kind, weight shape, groups)``) or ``shape_window`` (consecutive weights of a key, in graph order, in
@@ -17,9 +18,11 @@ What it does to the graph:
   each ``get_attr`` for a ``call_module`` of a :class:`~growc.ops.MixedWeight` under ``growc_weights``; the banks
   are registered once under ``growc_banks``. Rewritten nodes carry ``node.meta["growc"]``.
 
-Weights that cannot be templated without changing the function (a parameter also used by an op that is not a
-weighted op, parametrized modules, ConvTranspose, raw parameters of leaf modules) are left as they are and listed
-under ``skipped`` in the report with the reason.
+Weights that cannot be templated without changing the function or that are not weights of a weighted op (a
+parameter also used by an op that is not a weighted op, already parametrized weights, ConvTranspose, embedding
+tables and recurrent weights inside leaves) are left as they are and listed under ``skipped`` with the reason.
+A model with a parametrized leaf parameter saves through its state dict (growc's artifacts do), not by pickling
+the whole module: ``torch.nn.utils.parametrize`` forbids that.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class _Weight:
     order: int
     module_sites: list[str] = field(default_factory=list)  # call_module targets of plain weighted modules
     inner_sites: list[tuple[str, str]] = field(default_factory=list)  # (leaf target, path inside the leaf)
+    leaf_sites: list[tuple[str, str]] = field(default_factory=list)  # (leaf target, raw parameter inside the leaf)
     attr_nodes: list[fx.Node] = field(default_factory=list)  # get_attr nodes
     blocked: list[str] = field(default_factory=list)  # uses that are not weighted ops
 
@@ -113,12 +117,47 @@ class _Weight:
         return (self.kind, tuple(self.param.shape), self.groups)
 
 
+_NOT_WEIGHTS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Embedding, "embedding table: a lookup, not a weighted op"),
+    (nn.EmbeddingBag, "embedding table: a lookup, not a weighted op"),
+    (nn.RNNBase, "recurrent weights are not templated (the module keeps flat references to them)"),
+    (nn.modules.conv._ConvTransposeNd, "ConvTranspose is not templated"),
+)
+
+
+def _leaf_param_reason(owner: nn.Module, attr: str, p: nn.Parameter) -> str | None:
+    """Why a raw parameter inside a leaf module is not templated (None: it is, through a parametrization)."""
+    if p.dim() < 2:
+        return "not a weight (fewer than 2 dimensions)"
+    for cls, reason in _NOT_WEIGHTS:
+        if isinstance(owner, cls):
+            return reason
+    if parametrize.is_parametrized(owner, attr):
+        return "already parametrized (torch.nn.utils.parametrize); left as is"
+    if not p.is_floating_point():
+        return f"dtype {p.dtype} is not floating point"
+    return None
+
+
+def _parametrize(owner: nn.Module, attr: str, generator: MixedWeight) -> None:
+    """Make ``owner.<attr>`` the generated weight through ``torch.nn.utils.parametrize``.
+
+    The original parameter is dropped (an empty, non-persistent buffer stands in for it), so the state dict and
+    ``parameters()`` hold the bank only: no second copy, no unused parameter.
+    """
+    original = getattr(owner, attr)
+    parametrize.register_parametrization(owner, attr, generator, unsafe=True)
+    plist = owner.parametrizations[attr]
+    del plist._parameters["original"]
+    plist.register_buffer("original", original.new_empty(0), persistent=False)
+
+
 def _is_opaque(node: fx.Node) -> bool:
     if node.op == "call_module":
         return True  # a leaf: its code is not in the graph
     if node.op == "call_function":
         module = getattr(node.target, "__module__", None) or ""
-        return not module.split(".")[0] in _NOT_OPAQUE_MODULES
+        return module.split(".")[0] not in _NOT_OPAQUE_MODULES
     return False
 
 
@@ -127,9 +166,7 @@ def _attr_use(node: fx.Node, user: fx.Node, ndim: int) -> tuple[str, int] | None
     if user.op == "call_function" and user.target in _FUNCTIONAL:
         kind, pos, groups_pos = _FUNCTIONAL[user.target]
         weight = user.args[pos] if len(user.args) > pos else user.kwargs.get("weight")
-        others = [a for i, a in enumerate(user.args) if i != pos] + [
-            v for k, v in user.kwargs.items() if k != "weight"
-        ]
+        others = [a for i, a in enumerate(user.args) if i != pos] + [v for k, v in user.kwargs.items() if k != "weight"]
         if weight is not node or node in others:
             return None
         groups = 1
@@ -194,15 +231,14 @@ def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
             for pname, p in module.named_parameters():
                 if id(p) in inner_weights or id(p) in banked:
                     continue
+                owner_path, _, attr = pname.rpartition(".")
+                reason = _leaf_param_reason(module.get_submodule(owner_path), attr, p)
+                if reason is None:
+                    add(p, "param", 1, order).leaf_sites.append((str(node.target), pname))
+                    continue
                 blocked.setdefault(id(p), []).append(f"leaf module '{node.target}' ({type(module).__name__})")
                 if p.dim() >= 2:
-                    skipped.append(
-                        {
-                            "target": f"{node.target}.{pname}",
-                            "reason": f"raw parameter inside leaf module {type(module).__name__}, "
-                            "not the weight of a Conv/Linear submodule",
-                        }
-                    )
+                    skipped.append({"target": f"{node.target}.{pname}", "reason": reason})
         elif node.op == "get_attr":
             value = _fetch(gm, str(node.target))
             if not isinstance(value, nn.Parameter) or id(value) in banked:
@@ -279,7 +315,7 @@ def _init_bank(
 
     Only the SVD runs in float64; ``exact`` copies the weights bit for bit.
     """
-    num_layers, dim = stacked.shape
+    num_layers, _dim = stacked.shape
     dtype = stacked.dtype
     info: dict[str, Any] = {"templates_requested": k}
     if init == "exact":
@@ -379,8 +415,10 @@ def templatize(
         raise GrowcConfigError(f"window must be a positive integer, got {window!r}")
     example_inputs = tuple(example_inputs)
 
-    traced = model if isinstance(model, fx.GraphModule) else trace(
-        model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, concrete_args=concrete_args
+    traced = (
+        model
+        if isinstance(model, fx.GraphModule)
+        else trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, concrete_args=concrete_args)
     )
     # Copy everything except the weights about to be replaced (they are only read, never written): the result
     # shares no mutable state with ``model`` and the copy does not pay for the bulk of the bytes.
@@ -439,6 +477,11 @@ def templatize(
             for leaf_target, inner in w.inner_sites:
                 leaf = gm.get_submodule(leaf_target)
                 _set(leaf, inner, _mixed_like(leaf.get_submodule(inner), bank, row))
+                tagged += by_target[leaf_target]
+            for leaf_target, pname in w.leaf_sites:
+                owner_path, _, attr = pname.rpartition(".")
+                owner = gm.get_submodule(leaf_target).get_submodule(owner_path)
+                _parametrize(owner, attr, MixedWeight(bank, row, f"{leaf_target}.{pname}"))
                 tagged += by_target[leaf_target]
             for node in w.attr_nodes:
                 key = str(node.target).replace(".", "_")

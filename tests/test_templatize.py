@@ -80,8 +80,11 @@ def test_state_dict_holds_each_template_once(tiny) -> None:
     model, inputs = tiny
     gm = growc.templatize(model, inputs, sharing="shape", templates=2)
     keys = list(gm.state_dict())
-    assert [k for k in keys if k.endswith("templates")] == ["growc_banks.bank0.templates", "growc_banks.bank1.templates",
-                                                          "growc_banks.bank2.templates"]
+    assert [k for k in keys if k.endswith("templates")] == [
+        "growc_banks.bank0.templates",
+        "growc_banks.bank1.templates",
+        "growc_banks.bank2.templates",
+    ]
     assert not any(k.endswith(".weight") and k.split(".")[0] in {"a", "b", "c", "fc"} for k in keys)
     ptrs = [v.data_ptr() for v in gm.state_dict().values() if v.numel()]
     assert len(ptrs) == len(set(ptrs))
@@ -187,7 +190,10 @@ def test_weight_also_used_by_a_plain_op_is_skipped_with_reason() -> None:
     report = gm.meta["growc"]["templatize"]
     assert report["layers"] == []
     assert report["skipped"] == [
-        {"target": "fc.weight", "reason": "also used by an op that is not a weighted op: node 'sum_1' (call_method sum)"}
+        {
+            "target": "fc.weight",
+            "reason": "also used by an op that is not a weighted op: node 'sum_1' (call_method sum)",
+        }
     ]
 
 
@@ -202,18 +208,45 @@ class WithLeaf(nn.Module):
         return self.fc(y.mean(1))
 
 
-def test_linear_inside_leaf_module_is_templatized_raw_parameter_skipped() -> None:
+def test_weights_inside_leaf_modules_are_templatized() -> None:
     torch.manual_seed(0)
     model = WithLeaf()
     x = torch.randn(2, 5, 8)
     gm = growc.templatize(model, (x,))
     report = gm.meta["growc"]["templatize"]
-    assert sorted(layer["weight"] for layer in report["layers"]) == ["attn.out_proj.weight", "fc.weight"]
-    assert {"target": "attn.in_proj_weight", "reason": "raw parameter inside leaf module MultiheadAttention, not the "
-            "weight of a Conv/Linear submodule"} in report["skipped"]
+    assert sorted(layer["weight"] for layer in report["layers"]) == [
+        "attn.in_proj_weight",  # a raw parameter of the leaf: covered by a parametrization
+        "attn.out_proj.weight",  # a Linear submodule of the leaf: swapped for a MixedLinear
+        "fc.weight",
+    ]
+    assert report["skipped"] == []
     assert isinstance(gm.attn.out_proj, MixedLinear)
-    assert_same_function(model, gm, (x,), mode="eval")
-    assert_same_function(model, growc.materialize(gm), (x,), mode="eval")
+    assert isinstance(gm.attn.parametrizations.in_proj_weight[0], MixedWeight)
+    keys = [k for k in gm.state_dict() if k.startswith("attn.")]
+    assert keys == ["attn.in_proj_bias", "attn.out_proj.bias"]  # no stale copy of the original weight
+    assert_same_function(model, gm, (x,), mode="both")
+    plain = growc.materialize(gm)
+    assert_same_function(model, plain, (x,), mode="both")
+    assert type(plain.attn) is nn.MultiheadAttention and isinstance(plain.attn.in_proj_weight, nn.Parameter)
+    assert isinstance(gm.attn.parametrizations.in_proj_weight[0], MixedWeight)  # the input is left as it was
+    assert_same_function(model, gm, (x,), mode="both")
+
+
+class WithEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(idx))
+
+
+def test_embedding_tables_are_not_weights() -> None:
+    gm = growc.templatize(WithEmbedding(), (torch.tensor([[1, 2, 3]]),))
+    report = gm.meta["growc"]["templatize"]
+    assert [layer["weight"] for layer in report["layers"]] == ["fc.weight"]
+    assert report["skipped"] == [{"target": "emb.weight", "reason": "embedding table: a lookup, not a weighted op"}]
 
 
 def test_graph_module_input_and_meta_records(tiny) -> None:

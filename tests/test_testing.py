@@ -214,15 +214,9 @@ def test_functional_block_uses_get_attr_weights() -> None:
             settings=FIND,
         )
         gm = torch.fx.symbolic_trace(model.build())
-        calls = [
-            n
-            for n in gm.graph.nodes
-            if n.op == "call_function" and n.target in (F.conv1d, F.conv2d, F.linear)
-        ]
+        calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (F.conv1d, F.conv2d, F.linear)]
         assert calls and all(n.args[1].op == "get_attr" for n in calls)
-        assert not any(
-            isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for m in model.module.blocks.modules()
-        )
+        assert not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for m in model.module.blocks.modules())
 
 
 def test_grouped_and_depthwise_convs_appear() -> None:

@@ -14,7 +14,6 @@ NaN/inf mismatch counts as an infinite difference.  ``max |x|`` is taken over fi
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -22,69 +21,12 @@ import torch
 from torch import nn
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path
 
+from growc.analysis import _as_tensor, _leaf_stats, _rel, max_abs_rel_error
+
 __all__ = ["assert_same_function", "max_abs_rel_error"]
 
 Mode = Literal["eval", "train", "both"]
 _MODES: dict[str, tuple[str, ...]] = {"eval": ("eval",), "train": ("train",), "both": ("eval", "train")}
-
-
-def _as_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (bool, int, float, complex)):
-        return torch.tensor(value)
-    return None
-
-
-def _leaf_stats(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    """``(max|ref - out|, max|ref|)`` for two same-shaped tensors (see module docstring)."""
-    if ref.numel() == 0:
-        return 0.0, 0.0
-    wide = torch.complex128 if (ref.is_complex() or out.is_complex()) else torch.float64
-    x = ref.detach().to("cpu", wide)
-    y = out.detach().to("cpu", wide)
-    diff = (x - y).abs()
-    same = (x == y) | (x.isnan() & y.isnan())
-    diff = torch.where(same, torch.zeros_like(diff), diff)
-    diff = torch.nan_to_num(diff, nan=math.inf)
-    ref_abs = x.abs()
-    finite = ref_abs[torch.isfinite(ref_abs)]
-    ref_max = float(finite.max()) if finite.numel() else 0.0
-    return float(diff.max()), ref_max
-
-
-def _rel(max_abs: float, ref_max: float) -> float:
-    if max_abs == 0.0:
-        return 0.0
-    return max_abs / ref_max if ref_max > 0.0 else math.inf
-
-
-def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
-    """Max absolute and max-norm relative error between two outputs (tensors or pytrees).
-
-    Returns ``(max_abs, max_abs / max|ref|)`` where both maxima run over all elements of all
-    leaves; the relative error is 0 when ``max_abs`` is 0 (in particular when both are zero)
-    and ``inf`` when ``ref`` is all zeros but ``out`` is not.  Python numbers are treated as
-    0-d tensors; other leaves (``None``, strings, ...) contribute 0 if equal and ``inf`` if not.
-
-    Raises:
-        ValueError: if the tree structures or the shapes of corresponding leaves differ.
-    """
-    ref_leaves, ref_spec = tree_flatten(ref)
-    out_leaves, out_spec = tree_flatten(out)
-    if ref_spec != out_spec:
-        raise ValueError(f"output structures differ:\n  ref: {ref_spec}\n  out: {out_spec}")
-    max_abs = ref_max = 0.0
-    for i, (r, o) in enumerate(zip(ref_leaves, out_leaves, strict=True)):
-        rt, ot = _as_tensor(r), _as_tensor(o)
-        if rt is None or ot is None:
-            leaf_abs, leaf_ref = (0.0 if r == o else math.inf), 0.0
-        else:
-            if rt.shape != ot.shape:
-                raise ValueError(f"leaf {i}: shapes differ: ref {tuple(rt.shape)} vs out {tuple(ot.shape)}")
-            leaf_abs, leaf_ref = _leaf_stats(rt, ot)
-        max_abs, ref_max = max(max_abs, leaf_abs), max(ref_max, leaf_ref)
-    return max_abs, _rel(max_abs, ref_max)
 
 
 def _cuda_devices(*objs: Any) -> list[int]:

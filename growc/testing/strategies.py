@@ -282,9 +282,7 @@ def _out_len(n: int, k: int, stride: int, pad: int, dil: int = 1) -> int:
     return (n + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-def block_output_shape(
-    block: BlockSpec, dim: int, c: int, size: tuple[int, ...]
-) -> tuple[int, tuple[int, ...]]:
+def block_output_shape(block: BlockSpec, dim: int, c: int, size: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
     """Channels and spatial size after ``block`` given its input channels ``c`` and ``size``.
 
     Raises:
@@ -420,9 +418,7 @@ class InceptionConcat(nn.Module):
         super().__init__()
         conv = _conv_cls(dim)
         self.branch1 = nn.Sequential(conv(c_in, c1, 1, stride=stride, device=device), _make_act(act))
-        self.branch2 = nn.Sequential(
-            conv(c_in, c2, 3, stride=stride, padding=1, device=device), _make_act(act)
-        )
+        self.branch2 = nn.Sequential(conv(c_in, c2, 3, stride=stride, padding=1, device=device), _make_act(act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch1(x), self.branch2(x)], dim=1)
@@ -447,9 +443,7 @@ class SqueezeExcite(nn.Module):
 class FunctionalConv(nn.Module):
     """Convolution with raw ``nn.Parameter`` weights, applied through ``F.conv1d``/``F.conv2d``."""
 
-    def __init__(
-        self, dim: int, c_in: int, c_out: int, k: int, bias: bool, device: torch.device | str = "cpu"
-    ) -> None:
+    def __init__(self, dim: int, c_in: int, c_out: int, k: int, bias: bool, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.dim = dim
         self.padding = k // 2
@@ -475,9 +469,7 @@ class FunctionalLinear(nn.Module):
         return y.movedim(-1, 1)
 
 
-def _make_block(
-    block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str
-) -> nn.Module:
+def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str) -> nn.Module:
     kind = block.kind
     if kind == "conv":
         return _conv_cls(dim)(

@@ -1,0 +1,132 @@
+"""Compile-time and weight-generation benchmark (issue 2).
+
+Times, per model (median of --repeats runs, CPU): torch.fx trace, meta shape analysis, and the whole
+``templatize(..., verify=False)`` (trace + analysis + rewrite + bank init), plus the optional output check
+(``verify=True`` adds two real forward passes) measured separately. Then one training step (forward, backward,
+SGD step) of plain vs templatized ResNet-18, interleaved step by step so both see the same machine load.
+
+    python benchmarks/compile.py                 # full run, writes benchmarks/results/compile.json
+    python benchmarks/compile.py --quick         # small inputs, fewer repeats: a smoke run
+
+Targets: ResNet-50 templatize < 0.5 s on 2 CPU cores; templatized ResNet-18 training step <= 1.10x plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import growc
+
+MODELS = ["resnet18", "resnet50", "densenet121", "efficientnet_b0", "regnet_y_400mf", "mobilenet_v3_large"]
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compile_times(name: str, size: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None)
+    x = torch.randn(1, 3, size, size)
+    growc.templatize(model, (x,), verify=False)  # warm-up (imports, first-call caches)
+    traced = growc.trace(model)
+    return {
+        "trace_s": _median_time(lambda: growc.trace(model), repeats),
+        "analysis_s": _median_time(lambda: growc.propagate_shapes(traced, (x,)), repeats),
+        "templatize_s": _median_time(lambda: growc.templatize(model, (x,), verify=False), repeats),
+        "verify_s": _median_time(lambda: growc.templatize(model, (x,), verify=True), repeats)
+        - _median_time(lambda: growc.templatize(model, (x,), verify=False), repeats),
+        "nodes": len(traced.graph.nodes),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
+def training_step(batch: int, size: int, steps: int, sharing: str) -> dict[str, float]:
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet18(weights=None)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 1000, (batch,))
+    mixed = growc.templatize(plain, (x[:1],), sharing=sharing, verify=False)
+    models = {"plain": plain, "templatized": mixed}
+    optimizers = {k: torch.optim.SGD(growc.param_groups(m, 5e-4), lr=0.01, momentum=0.9) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+
+    def step(key: str) -> None:
+        model, optimizer = models[key], optimizers[key]
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    for key in models:  # warm-up
+        step(key)
+    for i in range(steps):
+        for key in ("plain", "templatized") if i % 2 == 0 else ("templatized", "plain"):
+            start = time.perf_counter()
+            step(key)
+            times[key].append(time.perf_counter() - start)
+    plain_s = statistics.median(times["plain"])
+    mixed_s = statistics.median(times["templatized"])
+    return {"plain_s": plain_s, "templatized_s": mixed_s, "ratio": mixed_s / plain_s, "sharing": sharing}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small inputs and few repeats (smoke run)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=224, help="input resolution for compile timing")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--step-size", type=int, default=224, help="input resolution for the training step")
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile.json"))
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.size, args.step_size, args.steps, args.batch = 2, 64, 64, 3, 8
+
+    results: dict[str, object] = {
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "args": vars(args),
+        "compile": {},
+        "training_step": [],
+    }
+    print(
+        f"compile time, median of {args.repeats}, input 1x3x{args.size}x{args.size}, {torch.get_num_threads()} threads"
+    )
+    print(f"{'model':<20} {'nodes':>5} {'params':>8} {'trace':>8} {'analysis':>9} {'templatize':>11} {'verify':>8}")
+    for name in MODELS:
+        r = compile_times(name, args.size, args.repeats)
+        results["compile"][name] = r  # type: ignore[index]
+        print(
+            f"{name:<20} {r['nodes']:>5} {r['params_m']:>7.1f}M {r['trace_s']:>7.3f}s {r['analysis_s']:>8.3f}s "
+            f"{r['templatize_s']:>10.3f}s {r['verify_s']:>7.3f}s"
+        )
+    print(f"\ntraining step, ResNet-18, batch {args.batch}, {args.step_size}x{args.step_size}, median of {args.steps}")
+    print(f"{'sharing':<8} {'plain':>8} {'templatized':>12} {'ratio':>6}")
+    for sharing in ("layer", "shape"):
+        r = training_step(args.batch, args.step_size, args.steps, sharing)
+        results["training_step"].append(r)  # type: ignore[union-attr]
+        print(f"{sharing:<8} {r['plain_s']:>7.3f}s {r['templatized_s']:>11.3f}s {r['ratio']:>6.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

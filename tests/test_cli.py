@@ -1,0 +1,119 @@
+"""The growc command line: help, templatize, outputs written atomically, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import growc
+from growc.cli import main
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["templatize", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--input-shape",
+        "--dtype",
+        "--sharing",
+        "--templates",
+        "--init",
+        "--window",
+        "--seed",
+        "--leaf",
+        "--model-kwargs",
+        "--out",
+        "--overwrite",
+        "--json",
+    ):
+        assert option in text
+
+
+def test_templatize_builtin_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["templatize", "wrn-10-1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("growc templatize wrn-10-1 (input [2, 3, 32, 32])\nsharing=layer  templates=2  init=exact")
+    assert "output vs original (eval mode): max abs 0.000e+00, max rel 0.000e+00" in out
+    assert "banks: 10   layers: 10" in out  # stem, 3 blocks x 2 convs, 2 shortcuts, fc
+
+
+def test_templatize_writes_weights_report_and_code(tmp_path: Path) -> None:
+    out = tmp_path / "art"
+    args = ["templatize", "cnn1d-8", "--sharing", "shape", "--init", "svd", "--templates", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["code.py", "model.safetensors", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "cnn1d-8" and report["init"] == "svd" and report["input_shape"] == [2, 1, 40]
+    weights = load_file(out / "model.safetensors")
+    assert "growc_banks.bank0.templates" in weights
+    assert "def forward" in (out / "code.py").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    # an existing folder is not replaced without --overwrite, and stays intact
+    assert main(args) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["code.py", "model.safetensors", "report.json"]
+    assert main([*args, "--overwrite", "--templates", "2"]) == 0
+    assert json.loads((out / "report.json").read_text())["templates"] == 2
+
+
+def test_torchvision_reference_and_kwargs(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torchvision")
+    code = main(
+        [
+            "templatize",
+            "torchvision:squeezenet1_1",
+            "--input-shape",
+            "1,3,64,64",
+            "--model-kwargs",
+            '{"num_classes": 7}',
+            "--json",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"]["max_rel"] == 0.0 and report["layers"][-1]["shape"] == [7, 512, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["templatize", "nosuch"], "growc templatize: error: unknown model 'nosuch': use a built-in"),
+        (
+            ["templatize", "torchvision:nosuch", "--input-shape", "1,3,8,8"],
+            "growc templatize: error: torchvision has no model named 'nosuch'",
+        ),
+        (
+            ["templatize", "growc.models:CNN1d"],
+            "growc templatize: error: model 'growc.models:CNN1d' has no default "
+            "input shape: pass --input-shape, e.g. 1,3,224,224",
+        ),
+    ],
+)
+def test_bad_models_get_specific_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 1
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_factory_must_return_a_module(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["templatize", "builtins:dict", "--input-shape", "1"]) == 1
+    assert capsys.readouterr().err == (
+        "growc templatize: error: 'builtins:dict' returned dict, not a torch.nn.Module\n"
+    )
+
+
+def test_bad_input_shape_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["templatize", "wrn-10-1", "--input-shape", "1,x"])
+    assert info.value.code == 2
+    assert "expected comma-separated integers like 1,3,224,224, got '1,x'" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run([sys.executable, "-m", "growc.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"growc {growc.__version__}"

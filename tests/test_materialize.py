@@ -1,0 +1,71 @@
+"""The materialize pass: template-mixed ops folded back into plain layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+import growc
+from growc.models import WideResNet
+from growc.testing import assert_same_function
+from helpers import assert_unchanged, snapshot
+
+
+def test_materialize_folds_every_mixed_layer_and_keeps_the_graph() -> None:
+    torch.manual_seed(0)
+    model = WideResNet(10, 1, num_classes=4)
+    x = torch.randn(2, 3, 16, 16)
+    gm = growc.templatize(model, (x,), sharing="shape", init="svd", templates=3)
+    before = snapshot(gm)
+    plain = growc.materialize(gm)
+    assert_unchanged(gm, before)
+    assert_same_function(gm, plain, (x,), rtol=1e-5, atol=1e-6, mode="both")
+    assert not hasattr(plain, "growc_banks")
+    assert [type(m).__name__ for m in plain.modules() if "Mixed" in type(m).__name__] == []
+    assert [n.name for n in plain.graph.nodes] == [n.name for n in gm.graph.nodes]
+    report = plain.meta["growc"]["materialize"]
+    assert len(report["folded"]) == len(gm.meta["growc"]["templatize"]["layers"])
+    assert report["params"]["after"] == sum(p.numel() for p in model.parameters())
+    assert plain.meta["growc"]["history"] == ["templatize", "materialize"]
+
+
+class FunctionalModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Module()
+        self.inner.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.inner.w, padding=1)
+
+
+def test_mixed_weights_become_parameters_at_their_old_path() -> None:
+    model = FunctionalModel()
+    x = torch.randn(1, 3, 5, 5)
+    plain = growc.materialize(growc.templatize(model, (x,)))
+    assert isinstance(plain.inner.w, nn.Parameter)
+    assert [n.op for n in plain.graph.nodes if n.name.startswith("inner")] == ["get_attr"]
+    assert_same_function(model, plain, (x,))
+
+
+def test_materialized_model_trains_like_a_plain_one() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    x = torch.randn(2, 3, 6, 6)
+    plain = growc.materialize(growc.templatize(model, (x,), init="fresh"))
+    assert {n for n, _ in plain.named_parameters()} == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    plain(x).sum().backward()
+    assert all(p.grad is not None for p in plain.parameters())
+
+
+def test_materialize_refuses_a_plain_module() -> None:
+    with pytest.raises(TypeError, match=r"materialize takes a torch\.fx\.GraphModule, got Linear"):
+        growc.materialize(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+def test_materialize_of_a_plain_graph_is_identity() -> None:
+    gm = fx.symbolic_trace(nn.Sequential(nn.Linear(3, 3)))
+    out = growc.materialize(gm)
+    assert out.meta["growc"]["materialize"]["folded"] == []
+    assert_same_function(gm, out, (torch.randn(2, 3),))

@@ -1,0 +1,45 @@
+"""Built-in models and model references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import growc
+from growc.models import CNN1d, WideResNet, default_input_shape, resolve_model
+
+
+@pytest.mark.parametrize(("ref", "shape", "classes"), [("wrn-16-4", (2, 3, 32, 32), 10), ("cnn1d-8", (2, 1, 40), 10)])
+def test_builtins_build_and_run(ref: str, shape: tuple[int, ...], classes: int) -> None:
+    model = resolve_model(ref)
+    assert default_input_shape(ref) == shape
+    assert model(torch.randn(shape)).shape == (shape[0], classes)
+
+
+def test_wrn_widths_follow_the_reference() -> None:
+    model = resolve_model("wrn-28-10", num_classes=100)
+    assert isinstance(model, WideResNet)
+    assert model.conv1.out_channels == 16
+    assert [
+        model.block1[0].conv1.out_channels,
+        model.block2[0].conv1.out_channels,
+        model.block3[0].conv1.out_channels,
+    ] == [160, 320, 640]
+    assert len(model.block1) == 4 and model.fc.out_features == 100
+    half = resolve_model("wrn-28-5")
+    assert half.block3[0].conv2.out_channels == 320
+    assert sum(p.numel() for p in model.parameters()) == 36_536_884  # WRN-28-10, CIFAR-100: 36.5M
+
+
+def test_wrn_rejects_bad_depth() -> None:
+    with pytest.raises(growc.GrowcConfigError, match=r"WRN depth must be 6n\+4 \(10, 16, 22, 28, ...\), got 12"):
+        WideResNet(12, 2)
+
+
+def test_module_factory_reference() -> None:
+    model = resolve_model("growc.models:CNN1d", width=4, num_classes=3)
+    assert isinstance(model, CNN1d) and model.fc.out_features == 3
+    with pytest.raises(growc.GrowcConfigError, match=r"'growc\.models' has no attribute 'Nope'"):
+        resolve_model("growc.models:Nope")
+    with pytest.raises(growc.GrowcConfigError, match="cannot import 'no_such_pkg'"):
+        resolve_model("no_such_pkg:f")

@@ -1,0 +1,124 @@
+"""Template banks and mixed layers: one contraction, eval cache, autocast, roles and optimizer groups."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import growc
+from growc.ops import MixedConv2d, MixedLinear, TemplateBank
+
+
+def make_bank(layers: int = 3, k: int = 2, shape: tuple[int, ...] = (4, 3, 3, 3)) -> TemplateBank:
+    g = torch.Generator().manual_seed(0)
+    return TemplateBank(torch.randn(k, *shape, generator=g), torch.randn(layers, k, generator=g), kind="conv2d")
+
+
+def test_weight_is_the_coefficient_mix_of_templates() -> None:
+    bank = make_bank()
+    expected = torch.einsum("lk,kabcd->labcd", bank.coefficients, bank.templates)
+    torch.testing.assert_close(bank.weights(), expected, rtol=1e-6, atol=1e-6)
+    for i in range(3):
+        torch.testing.assert_close(bank.weight(i), expected[i], rtol=1e-6, atol=1e-6)
+
+
+def test_eval_cache_returns_same_tensor_until_a_parameter_changes() -> None:
+    bank = make_bank().eval()
+    with torch.no_grad():
+        first = bank.weight(0)
+        assert bank.weight(0).data_ptr() == first.data_ptr()  # served from the cache
+        assert bank.weight(1).data_ptr() != first.data_ptr()
+        cached = bank.cached_weights()
+        assert bank.cached_weights() is cached
+        bank.coefficients.add_(1.0)  # an in-place update bumps the version counter
+        regenerated = bank.weight(0)
+    assert bank.cached_weights() is not cached
+    torch.testing.assert_close(regenerated, bank.weights()[0].detach())
+    assert not torch.equal(regenerated, first)
+
+
+def test_no_cache_in_training_or_with_grad() -> None:
+    bank = make_bank()
+    w = bank.weight(0)
+    assert w.requires_grad and bank._cache is None
+    w.sum().backward()
+    assert bank.templates.grad is not None and bank.coefficients.grad is not None
+    bank.eval()
+    w = bank.weight(0)  # grad enabled and parameters require grad: no cache, gradients still flow
+    assert w.requires_grad and bank._cache is None
+
+
+def test_autocast_mixes_in_fp32_and_casts_once() -> None:
+    bank = make_bank(shape=(8, 8))
+    layer = MixedLinear(bank, 0, nn.Linear(8, 8))
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = bank.weight(0)
+        y = layer(x)
+    assert w.dtype == torch.float32  # the mix is fp32; the op casts the finished weight
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), torch.nn.functional.linear(x, w, layer.bias), rtol=2e-2, atol=2e-2)
+
+
+def test_mixed_layers_reference_the_bank_without_owning_it() -> None:
+    bank = make_bank(layers=2)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    a, b = MixedConv2d(bank, 0, conv), MixedConv2d(bank, 1, conv)
+    root = nn.Module()
+    root.banks = nn.ModuleDict({"b": bank})
+    root.a, root.b = a, b
+    assert list(a.state_dict()) == ["bias"]
+    assert sorted(root.state_dict()) == ["a.bias", "b.bias", "banks.b.coefficients", "banks.b.templates"]
+    clone = copy.deepcopy(root)
+    assert clone.a.bank is clone.banks.b and clone.b.bank is clone.banks.b and clone.a.bank is not bank
+    buffer = io.BytesIO()
+    torch.save(root, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.a.bank is loaded.banks.b
+
+
+def test_to_moves_bank_and_clears_cache() -> None:
+    bank = make_bank().eval()
+    with torch.no_grad():
+        bank.weight(0)
+    assert bank._cache is not None
+    bank.double()
+    assert bank._cache is None and bank.weight(0).dtype == torch.float64
+
+
+def test_padding_modes_match_plain_conv() -> None:
+    for mode in ("zeros", "reflect", "circular", "replicate"):
+        conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode, stride=2, dilation=1)
+        bank = TemplateBank(conv.weight.detach().clone()[None], torch.ones(1, 1), kind="conv2d")
+        mixed = MixedConv2d(bank, 0, conv)
+        x = torch.randn(2, 3, 7, 7)
+        torch.testing.assert_close(mixed(x), conv(x), rtol=0, atol=0)
+        plain = mixed.to_plain()
+        torch.testing.assert_close(plain(x), conv(x), rtol=0, atol=0)
+
+
+def test_param_roles_and_groups_exempt_coefficients_from_weight_decay() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 8, 8))
+    gm = growc.templatize(model, (torch.randn(1, 3, 8, 8),), sharing="shape")
+    roles = growc.param_roles(gm)
+    assert roles["growc_banks.bank0.coefficients"] == "coefficient"
+    assert roles["growc_banks.bank0.templates"] == "template"
+    assert roles["1.weight"] == "other" and roles["0.bias"] == "other"
+    groups = growc.param_groups(gm, weight_decay=5e-4)
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", 5e-4), ("coefficients", 0.0)]
+    coefficient_ids = {id(p) for g in groups if g["name"] == "coefficients" for p in g["params"]}
+    assert coefficient_ids == {id(b.coefficients) for b in gm.growc_banks.values()}
+    assert sum(len(g["params"]) for g in groups) == len(list(gm.parameters()))
+    optimizer = torch.optim.SGD(groups, lr=0.1, weight_decay=1.0)  # per-group values win
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_bad_coefficient_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"coefficients must be \[layers, K=2\], got \(3, 3\)"):
+        TemplateBank(torch.randn(2, 4), torch.randn(3, 3), kind="linear")

@@ -1,0 +1,80 @@
+"""Zoo sweep: every torchvision classification model converts in ``exact`` mode and computes the same function.
+
+Models are built with ``weights=None`` (random init, nothing downloaded), 10 classes and small inputs. A model that
+does not convert must be listed in ``EXPECTED_FAILURES`` with the reason, so a reviewer sees it; none is today.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import growc
+from growc.testing import assert_same_function
+
+torchvision = pytest.importorskip("torchvision")
+
+MODELS = torchvision.models.list_models(module=torchvision.models)
+EXPECTED_FAILURES: dict[str, str] = {}
+
+
+def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    kwargs: dict[str, object] = {"num_classes": 10}
+    size = 64
+    if name.startswith("vit_"):
+        size = 28 if name.endswith("_14") else 32
+        kwargs["image_size"] = size
+    elif name == "inception_v3":
+        size = 80  # the smallest input its stride-2 stem and pools accept is 75
+        kwargs.update(aux_logits=False, init_weights=False)
+    elif name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=False)
+    elif name.startswith("maxvit"):
+        size = 224  # partition size 7 must divide every stage's size
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    return model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=EXPECTED_FAILURES[n], strict=True))
+        if n in EXPECTED_FAILURES
+        else n
+        for n in MODELS
+    ],
+)
+def test_exact_templatize_and_materialize_match(name: str) -> None:
+    model, x = _build(name)
+    gm = growc.templatize(model, (x,), init="exact")
+    report = gm.meta["growc"]["templatize"]
+    assert report["output"]["max_rel"] <= 1e-5, report["output"]
+    assert report["layers"], "no weight was templatized"
+    plain = growc.materialize(gm)
+    assert_same_function(model, plain, (x,), rtol=1e-5, atol=1e-6, mode="eval")
+    del model, gm, plain
+    gc.collect()
+
+
+def test_every_conv_and_linear_of_resnet18_becomes_a_bank_row() -> None:
+    model, x = _build("resnet18")
+    gm = growc.templatize(model, (x,), sharing="shape")
+    names = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert {layer["weight"] for layer in gm.meta["growc"]["templatize"]["layers"]} == names
+    assert gm.meta["growc"]["templatize"]["skipped"] == []
+
+
+def test_vision_transformer_attention_weights_are_templatized() -> None:
+    model, x = _build("vit_b_32")
+    gm = growc.templatize(model, (x,))
+    assert gm.meta["growc"]["templatize"]["skipped"] == []
+    templated = {layer["weight"] for layer in gm.meta["growc"]["templatize"]["layers"]}
+    attention = "encoder.layers.encoder_layer_0.self_attention"
+    # the packed input projection is a raw parameter of nn.MultiheadAttention (a leaf): a parametrization covers it
+    assert {f"{attention}.in_proj_weight", f"{attention}.out_proj.weight"} <= templated
+    assert "conv_proj.weight" in templated and "heads.head.weight" in templated
+    assert len(templated) == 1 + 12 * 4 + 1
