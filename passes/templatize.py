@@ -337,7 +337,7 @@ def _init_bank(
         info.update(templates=k, basis="svd", predicted_error=predicted, singular_values=s.tolist()[:16])
         if k > s.numel():
             info["note"] = (
-                f"only {s.numel()} singular directions; {k - s.numel()} extra Kaiming templates with zero coefficients"
+                f"rank {s.numel()} < K: {k - s.numel()} extra Kaiming template(s) with zero coefficients"
             )
     else:  # fresh
         templates = _kaiming(k, shape, generator, dtype)

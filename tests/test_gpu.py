@@ -1,0 +1,75 @@
+"""CUDA checks: a templatized model moves to the GPU, trains, caches, autocasts, compiles. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import growc
+from growc.models import WideResNet
+from growc.testing import assert_same_function
+
+pytestmark = pytest.mark.gpu
+
+
+def _model_and_input() -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return WideResNet(10, 2, num_classes=10), torch.randn(8, 3, 32, 32)
+
+
+@pytest.mark.parametrize("sharing", ["layer", "shape"])
+def test_templatized_model_runs_and_trains_on_cuda(sharing: str) -> None:
+    model, x = _model_and_input()
+    gm = growc.templatize(model, (x,), sharing=sharing)
+    cuda = copy.deepcopy(gm).cuda()
+    assert all(p.is_cuda for p in cuda.parameters())
+    assert cuda.get_submodule("conv1").bank is cuda.growc_banks.bank0
+    cuda.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cuda(x.cuda()).cpu(), model.eval()(x), rtol=1e-4, atol=1e-4)
+    cuda.train()
+    optimizer = torch.optim.SGD(growc.param_groups(cuda, 5e-4), lr=0.1, momentum=0.9)
+    before = cuda.growc_banks.bank0.templates.detach().clone()
+    loss = torch.nn.functional.cross_entropy(cuda(x.cuda()), torch.arange(8, device="cuda") % 10)
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(before, cuda.growc_banks.bank0.templates.detach())
+
+
+def test_eval_cache_on_cuda_regenerates_after_a_step() -> None:
+    model, x = _model_and_input()
+    gm = growc.templatize(model, (x,), sharing="shape").cuda().eval()
+    bank = gm.growc_banks.bank1
+    with torch.no_grad():
+        first = bank.weight(0)
+        assert bank.weight(0).data_ptr() == first.data_ptr()
+        bank.templates.mul_(2.0)
+        torch.testing.assert_close(bank.weight(0), 2 * first)
+
+
+def test_autocast_bf16_within_tolerance_of_fp32() -> None:
+    model, x = _model_and_input()
+    gm = growc.templatize(model, (x,)).cuda().eval()
+    with torch.no_grad():
+        reference = gm(x.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = gm(x.cuda())
+    assert low.dtype == torch.bfloat16
+    assert growc.max_abs_rel_error(reference, low.float())[1] < 5e-2
+
+
+def test_compile_matches_eager_on_cuda() -> None:
+    model, x = _model_and_input()
+    gm = growc.templatize(model, (x,)).cuda()
+    compiled = torch.compile(gm)
+    assert_same_function(gm, compiled, (x.cuda(),), rtol=1e-4, atol=1e-4, mode="train")
+
+
+def test_materialize_on_cuda_matches() -> None:
+    model, x = _model_and_input()
+    gm = growc.templatize(model, (x,), init="svd", sharing="shape").cuda()
+    plain = growc.materialize(gm)
+    assert all(p.is_cuda for p in plain.parameters())
+    assert_same_function(gm, plain, (x.cuda(),), rtol=1e-4, atol=1e-4, mode="both")
