@@ -6,17 +6,18 @@ What it does to the graph:
   subclasses that keep their ``forward``), ``get_attr`` nodes of a parameter consumed as the weight of a
   functional conv/linear, by a matmul, by a leaf module or by an opaque (autowrapped) function, the
   Conv/Linear submodules inside leaf modules, and raw weight parameters of leaf modules (e.g.
-  ``nn.MultiheadAttention.in_proj_weight``), which a ``torch.nn.utils.parametrize`` parametrization covers. Tied weights (one ``nn.Parameter`` reached by several paths) are
-  found by identity and become one bank row;
+  ``nn.MultiheadAttention.in_proj_weight``), which a ``torch.nn.utils.parametrize`` parametrization covers.
+  Tied weights (one ``nn.Parameter`` reached by several paths) are found by identity and become one bank row;
 * groups the weights into banks by the sharing policy: ``layer`` (one bank per weight), ``shape`` (one bank per
   key ``(kind, weight shape, groups)``) or ``shape_window`` (consecutive weights of a key, in graph order, in
   windows of ``window``: the reference's ImageNet variant);
 * initialises each bank (``exact``: identity basis, bit-exact, K raised to the layer count when smaller;
   ``svd``: truncated uncentred SVD with predicted and measured error; ``fresh``: Kaiming-normal templates and
   orthogonal coefficients, the reference's init for training from scratch);
-* swaps each weighted module for a :mod:`growc.ops` mixed layer (same target, so the node keeps its name), and
-  each ``get_attr`` for a ``call_module`` of a :class:`~growc.ops.MixedWeight` under ``growc_weights``; the banks
-  are registered once under ``growc_banks``. Rewritten nodes carry ``node.meta["growc"]``.
+* swaps each weighted module for a :mod:`growc.ops` mixed layer (same target, so the node keeps its name),
+  each ``get_attr`` for a ``call_module`` of a :class:`~growc.ops.MixedWeight` under ``growc_weights`` and
+  parametrizes each raw leaf weight with one; the banks are registered once under ``growc_banks``. Rewritten
+  nodes carry ``node.meta["growc"]``.
 
 Weights that cannot be templated without changing the function or that are not weights of a weighted op (a
 parameter also used by an op that is not a weighted op, already parametrized weights, ConvTranspose, embedding
@@ -336,9 +337,7 @@ def _init_bank(
         predicted = math.sqrt(float((s[r:] ** 2).sum()) / total) if total > 0 else 0.0
         info.update(templates=k, basis="svd", predicted_error=predicted, singular_values=s.tolist()[:16])
         if k > s.numel():
-            info["note"] = (
-                f"rank {s.numel()} < K: {k - s.numel()} extra Kaiming template(s) with zero coefficients"
-            )
+            info["note"] = f"rank {s.numel()} < K: {k - s.numel()} extra Kaiming template(s) with zero coefficients"
     else:  # fresh
         templates = _kaiming(k, shape, generator, dtype)
         coefficients = torch.empty(num_layers, k, dtype=torch.float32)
