@@ -10,14 +10,16 @@ returned report, never hidden.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, fx
+from torch import Tensor, fx, nn
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_map
+
+from .errors import GrowcError
 
 __all__ = ["TensorInfo", "max_abs_rel_error", "propagate_shapes"]
 
@@ -51,10 +53,20 @@ class _MetaInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
-        except Exception as error:
+        except Exception as error:  # a data-dependent op: fall back to zeros, and say so
             if n.op not in ("call_module", "call_function", "call_method"):
                 raise
-            result = self._run_on_zeros(n, error)
+            try:
+                result = self._run_on_zeros(n, error)
+            except Exception as real_error:
+                args, _ = self.fetch_args_kwargs_from_env(n)
+                shapes = [tuple(a.shape) for a in tree_flatten(args)[0] if isinstance(a, Tensor)]
+                target = getattr(n.target, "__name__", str(n.target))
+                raise GrowcError(
+                    f"shape analysis: node '{n.name}' ({n.op} {target}) fails on inputs of shapes {shapes}: "
+                    f"{type(real_error).__name__}: {str(real_error).splitlines()[0]}. Do the example inputs fit "
+                    "the model?"
+                ) from real_error
         n.meta["growc_shape"] = tree_map(_info, result)
         return result
 
@@ -76,6 +88,18 @@ class _MetaInterpreter(fx.Interpreter):
         return tree_map(_to_meta, out)
 
 
+def _locations(gm: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer *slot*, once: a module reachable by two paths, or a tensor tied between two
+    modules, must be swapped exactly once per slot, or restoring would put a swapped tensor back."""
+    state: dict[str, Tensor] = {}
+    for prefix, module in gm.named_modules():  # each module object once
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is not None:
+                    state[f"{prefix}.{name}" if prefix else name] = tensor
+    return state
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[str, Any]:
     """Annotate every node of ``gm`` with ``node.meta["growc_shape"]`` (a pytree of :class:`TensorInfo`).
 
@@ -83,8 +107,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[
     buffers are untouched). Returns a report: ``nodes`` (count) and ``real_compute_nodes`` (nodes that had to run
     on zeros).
     """
-    state = dict(gm.named_parameters(remove_duplicate=False))
-    state.update(gm.named_buffers(remove_duplicate=False))
+    state = _locations(gm)
     meta_of: dict[int, Tensor] = {}
     meta_state = {name: meta_of.setdefault(id(t), t.to("meta")) for name, t in state.items()}
     flags = [(m, m.training) for m in gm.modules()]
@@ -142,6 +165,18 @@ def _rel(max_abs: float, ref_max: float) -> float:
     return max_abs / ref_max if ref_max > 0.0 else math.inf
 
 
+def _plain_containers(tree: Any) -> Any:
+    """Mappings as plain dicts and namedtuples as tuples: a traced model returns ``dict`` where the model
+    returned an ``OrderedDict``, and that is the same output."""
+    if isinstance(tree, Mapping):
+        return {k: _plain_containers(v) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_plain_containers(v) for v in tree)
+    if isinstance(tree, list):
+        return [_plain_containers(v) for v in tree]
+    return tree
+
+
 def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
     """Max absolute and max-norm relative error between two outputs (tensors or pytrees).
 
@@ -153,8 +188,8 @@ def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
     Raises:
         ValueError: if the tree structures or the shapes of corresponding leaves differ.
     """
-    ref_leaves, ref_spec = tree_flatten(ref)
-    out_leaves, out_spec = tree_flatten(out)
+    ref_leaves, ref_spec = tree_flatten(_plain_containers(ref))
+    out_leaves, out_spec = tree_flatten(_plain_containers(out))
     if ref_spec != out_spec:
         raise ValueError(f"output structures differ:\n  ref: {ref_spec}\n  out: {out_spec}")
     max_abs = ref_max = 0.0

@@ -33,6 +33,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _kwargs(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -78,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which weights share a bank: each its own (layer), all of one kind/shape/groups (shape), or "
         "consecutive ones of a shape in windows of --window (shape_window). Default: layer",
     )
-    t.add_argument("--templates", type=int, default=2, metavar="K", help="templates per bank (default 2)")
+    t.add_argument("--templates", type=_positive, default=2, metavar="K", help="templates per bank (default 2)")
     t.add_argument(
         "--init",
         choices=["exact", "svd", "fresh"],
@@ -86,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exact: function-preserving identity basis (K raised when needed); svd: rank-K fit with "
         "predicted/measured error; fresh: Kaiming templates + orthogonal coefficients. Default: exact",
     )
-    t.add_argument("--window", type=int, default=2, help="bank size for --sharing shape_window (default 2)")
+    t.add_argument("--window", type=_positive, default=2, help="bank size for --sharing shape_window (default 2)")
     t.add_argument("--seed", type=int, default=0, help="seed of every random draw, the example input too (default 0)")
     t.add_argument(
         "--leaf",
@@ -136,9 +146,7 @@ def format_templatize_report(report: dict[str, Any], title: str = "") -> str:
         f"banks: {len(report['banks'])}   layers: {len(report['layers'])}   "
         f"parameters: {params['before']:,} -> {params['after']:,} ({params['after'] / max(params['before'], 1):.2f}x)"
     )
-    for bank in report["banks"]:
-        if "note" in bank:
-            lines.append(f"note: {bank['name']}: {bank['note']}")
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     for item in report.get("trace", {}).get("fallback_leaves", []):
         lines.append(f"trace fallback: '{item['module']}' ({item['type']}) kept as a leaf: {item['construct']}")
     for item in report["skipped"]:
@@ -150,11 +158,6 @@ def format_templatize_report(report: dict[str, Any], title: str = "") -> str:
         out = report["output"]
         lines.append(
             f"output vs original ({out['mode']} mode): max abs {out['max_abs']:.3e}, max rel {out['max_rel']:.3e}"
-        )
-    if report["init"] == "svd" and any(b.get("predicted_error", 0) > 1e-3 for b in report["banks"]):
-        lines.append(
-            "note: a rank-K fit of layers that were never trained to share templates loses accuracy; fine-tune the "
-            "templatized model before use."
         )
     return "\n".join(lines)
 

@@ -45,7 +45,7 @@ class TemplateBank(nn.Module):
         self.coefficients = nn.Parameter(coefficients)
         self.kind = kind
         self.groups = groups
-        self._cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self._cache: tuple[Tensor, Tensor, tuple[int, int], Tensor] | None = None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -82,17 +82,19 @@ class TemplateBank(nn.Module):
             return False
         return not (torch.is_grad_enabled() and (self.templates.requires_grad or self.coefficients.requires_grad))
 
-    def _cache_key(self) -> tuple[Any, ...]:
-        t, a = self.templates, self.coefficients
-        return (t._version, a._version, t.data_ptr(), a.data_ptr(), t.device, t.dtype, a.dtype, t.shape, a.shape)
-
     def cached_weights(self) -> Tensor:
-        """The eval-mode weight cache: regenerated when a template or coefficient changed since the last call."""
-        key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
+        """The eval-mode weight cache: regenerated when a template or coefficient changed since the last call.
+
+        A change is a different tensor object (``load_state_dict`` with ``assign``, ``.to()``) or a bumped
+        version counter (any in-place update: optimizer steps, ``copy_``). Writes through ``.data`` bypass
+        version counters: call :meth:`clear_cache` after one.
+        """
+        t, a = self.templates, self.coefficients
+        cache = self._cache
+        if cache is None or cache[0] is not t or cache[1] is not a or cache[2] != (t._version, a._version):
             with torch.no_grad():
-                self._cache = (key, self.weights())
-        return self._cache[1]
+                self._cache = cache = (t, a, (t._version, a._version), self.weights())
+        return cache[3]
 
     def clear_cache(self) -> None:
         self._cache = None
@@ -118,11 +120,11 @@ class _Mixed(nn.Module):
 
     _bank: TemplateBank
 
-    def __init__(self, bank: TemplateBank, index: int, bias: Tensor | None) -> None:
+    def __init__(self, bank: TemplateBank, index: int, bias: nn.Parameter | None) -> None:
         super().__init__()
         object.__setattr__(self, "_bank", bank)  # a reference, not a submodule: no second copy in state_dict
         self.index = int(index)
-        self.bias = None if bias is None else nn.Parameter(bias)
+        self.bias = bias  # the source layer's own Parameter: tied biases stay tied
 
     @property
     def bank(self) -> TemplateBank:
@@ -137,8 +139,7 @@ class _MixedConvNd(_Mixed):
     _dim = 0
 
     def __init__(self, bank: TemplateBank, index: int, source: nn.modules.conv._ConvNd) -> None:
-        bias = None if source.bias is None else source.bias.detach().clone()
-        super().__init__(bank, index, bias)
+        super().__init__(bank, index, source.bias)
         self.in_channels = source.in_channels
         self.out_channels = source.out_channels
         self.kernel_size = source.kernel_size
@@ -164,7 +165,7 @@ class _MixedConvNd(_Mixed):
         return conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def to_plain(self) -> nn.Module:
-        """A plain ``nn.ConvNd`` with the generated weight (detached) and a copy of the bias."""
+        """A plain ``nn.ConvNd`` with the generated weight (a detached copy) and this layer's bias Parameter."""
         cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self._dim - 1]
         w = self.weight
         plain = cls(
@@ -179,9 +180,8 @@ class _MixedConvNd(_Mixed):
             padding_mode=self.padding_mode,
             device="meta",
         )
-        plain.weight = nn.Parameter(w.detach().clone())
-        if self.bias is not None:
-            plain.bias = nn.Parameter(self.bias.detach().clone())
+        plain.weight = nn.Parameter(w.detach().clone(), requires_grad=self._bank.templates.requires_grad)
+        plain.bias = self.bias
         plain.train(self.training)
         return plain
 
@@ -208,8 +208,7 @@ class MixedLinear(_Mixed):
     """``nn.Linear`` whose weight is generated from a template bank."""
 
     def __init__(self, bank: TemplateBank, index: int, source: nn.Linear) -> None:
-        bias = None if source.bias is None else source.bias.detach().clone()
-        super().__init__(bank, index, bias)
+        super().__init__(bank, index, source.bias)
         self.in_features = source.in_features
         self.out_features = source.out_features
 
@@ -224,9 +223,8 @@ class MixedLinear(_Mixed):
 
     def to_plain(self) -> nn.Module:
         plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        plain.weight = nn.Parameter(self.weight.detach().clone())
-        if self.bias is not None:
-            plain.bias = nn.Parameter(self.bias.detach().clone())
+        plain.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=self._bank.templates.requires_grad)
+        plain.bias = self.bias
         plain.train(self.training)
         return plain
 

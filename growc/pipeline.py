@@ -18,7 +18,7 @@ from torch import fx
 
 from .errors import GrowcPassError
 
-__all__ = ["Pipeline", "finish_pass", "pass_name"]
+__all__ = ["Pipeline", "finish_pass", "first_change", "pass_name", "snapshot"]
 
 GraphPass = Callable[[fx.GraphModule], fx.GraphModule]
 
@@ -45,13 +45,19 @@ def pass_name(p: Callable[..., Any]) -> str:
     return getattr(p, "__name__", type(p).__name__)
 
 
-def _snapshot(gm: torch.nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
-    code = gm.code if isinstance(gm, fx.GraphModule) else repr(gm)
-    return code, {k: v.detach().clone() for k, v in gm.state_dict(keep_vars=True).items()}
+Snapshot = tuple[str, dict[str, torch.Tensor], list[bool]]
 
 
-def _unchanged(before: tuple[str, dict[str, torch.Tensor]], gm: torch.nn.Module) -> str | None:
-    code, state = _snapshot(gm)
+def snapshot(module: torch.nn.Module) -> Snapshot:
+    """What a pure pass must leave as it was: generated code (or repr), every state-dict tensor, training flags."""
+    code = module.code if isinstance(module, fx.GraphModule) else repr(module)
+    state = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()}
+    return code, state, [m.training for m in module.modules()]
+
+
+def first_change(before: Snapshot, module: torch.nn.Module) -> str | None:
+    """The first difference between ``before`` and ``module`` now, in words; None when there is none."""
+    code, state, flags = snapshot(module)
     if code != before[0]:
         return "its generated code changed"
     if state.keys() != before[1].keys():
@@ -60,6 +66,8 @@ def _unchanged(before: tuple[str, dict[str, torch.Tensor]], gm: torch.nn.Module)
         old = before[1][key]
         if value.shape != old.shape or value.dtype != old.dtype or not torch.equal(value, old):
             return f"state_dict entry '{key}' changed"
+    if flags != before[2]:
+        return "its training flags changed"
     return None
 
 
@@ -89,7 +97,7 @@ class Pipeline:
         names = self.names
         for i, (p, name) in enumerate(zip(self.passes, names, strict=True)):
             before = " -> ".join(names[:i]) or "nothing (first pass)"
-            snapshot = _snapshot(gm) if self.check_pure else None
+            before_pass = snapshot(gm) if self.check_pure else None
             try:
                 out = p(gm)
                 if not isinstance(out, fx.GraphModule):
@@ -97,7 +105,7 @@ class Pipeline:
                 if out is gm:
                     raise TypeError("returned its input; a pass must return a new GraphModule")
                 out.graph.lint()
-                if snapshot is not None and (change := _unchanged(snapshot, gm)) is not None:
+                if before_pass is not None and (change := first_change(before_pass, gm)) is not None:
                     raise RuntimeError(f"mutated its input: {change}")
             except Exception as error:
                 raise GrowcPassError(

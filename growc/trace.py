@@ -14,6 +14,7 @@ leaf modules (BatchNorm, Dropout, ...) still follow ``.train()``/``.eval()``.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
@@ -112,12 +113,23 @@ def trace(
             path = tracer.failed_module
             construct = _construct(error)
             if not path or path in fallback_paths:
-                where = f"module '{path}'" if path else f"the root module ({type(model).__name__})"
+                if path:
+                    where = f"module '{path}'"
+                    fix = (
+                        f"'{path}' already is a leaf, so the failure is in code it calls: wrap that function "
+                        "(autowrap_functions=[...])"
+                    )
+                else:
+                    where = f"the root module ({type(model).__name__})"
+                    fix = (
+                        "make the root forward traceable: wrap the offending function (autowrap_functions=[...]) "
+                        "or specialise an argument (concrete_args={...}); a submodule kept in a plain Python "
+                        "list or dict is not registered, so register it (nn.ModuleList/ModuleDict) to let it "
+                        "become a leaf (leaf_modules=[...], --leaf on the CLI)"
+                    )
                 raise GrowcTraceError(
-                    f"cannot trace the forward of {where}: {construct} ({type(error).__name__}: {error}). "
-                    "Fix: mark the offending submodule as a leaf (leaf_modules=[...], or --leaf on the CLI), "
-                    "wrap the offending function (autowrap_functions=[...]), or specialise the input with "
-                    "concrete_args={...}.",
+                    f"cannot trace the forward of {where}: {construct} ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}). Fix: {fix}.",
                     module_path=path or "",
                     construct=construct,
                 ) from error
@@ -151,7 +163,7 @@ def graph_module(root: nn.Module, graph: fx.Graph, class_name: str = "GraphModul
     if isinstance(getattr(root, "growc_banks", None), nn.Module) and not hasattr(gm, "growc_banks"):
         gm.add_module("growc_banks", root.growc_banks)
     if isinstance(root, fx.GraphModule):
-        gm.meta.update(root.meta)
+        gm.meta = copy.deepcopy(root.meta)  # never share (and later write into) the input's records
     return gm
 
 

@@ -73,7 +73,8 @@ def materialize(gm: fx.GraphModule) -> fx.GraphModule:
     def weight_of(mixed: nn.Module) -> nn.Parameter:
         key = (id(mixed.bank), mixed.index)
         if key not in shared:
-            shared[key] = nn.Parameter(mixed.weight.detach().clone())
+            requires_grad = mixed.bank.templates.requires_grad
+            shared[key] = nn.Parameter(mixed.weight.detach().clone(), requires_grad=requires_grad)
         return shared[key]
 
     def plain(mixed: nn.Module) -> nn.Module:

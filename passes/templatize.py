@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,7 +42,7 @@ from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
 from growc.analysis import max_abs_rel_error, propagate_shapes
-from growc.errors import GrowcConfigError
+from growc.errors import GrowcConfigError, GrowcPassError
 from growc.ops import (
     MIXED_TYPES,
     MixedConv1d,
@@ -54,10 +55,13 @@ from growc.ops import (
 from growc.pipeline import finish_pass
 from growc.trace import graph_module, trace
 
-__all__ = ["templatize"]
+__all__ = ["EXACT_TOLERANCE", "templatize"]
 
 Sharing = Literal["layer", "shape", "shape_window"]
 Init = Literal["exact", "svd", "fresh"]
+
+#: ``init="exact"`` with ``verify=True`` raises when the output's max-norm relative error exceeds this.
+EXACT_TOLERANCE = 1e-5
 
 _PLAIN: dict[type[nn.Module], tuple[str, type[nn.Module]]] = {
     nn.Conv1d: ("conv1d", MixedConv1d),
@@ -78,24 +82,42 @@ _FUNCTIONAL: dict[Any, tuple[str, int, int | None]] = {
 }
 _MATMUL = {operator.matmul, torch.matmul, torch.mm, torch.bmm}
 _NOT_OPAQUE_MODULES = ("torch", "operator", "_operator", "builtins", "math", "einops")
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
+_NOT_WEIGHTS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
+    ((nn.Embedding, nn.EmbeddingBag), "embedding table: a lookup, not a weighted op"),
+    ((nn.RNNBase,), "recurrent weights are not templated (the module keeps flat references to them)"),
+    ((nn.modules.conv._ConvTransposeNd,), "ConvTranspose is not templated"),
+    (_NORMS, "normalization parameters stay per layer, never templated"),
+)
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks")
 
 
 def _plain_kind(module: nn.Module) -> tuple[str, type[nn.Module]] | None:
-    """The kind of a module whose weight can be swapped for a generated one without changing ``forward``."""
+    """The kind of a module whose weight can be swapped for a generated one without changing its computation."""
     for base, entry in _PLAIN.items():
         if isinstance(module, base) and type(module).forward is base.forward:
+            if hasattr(base, "_conv_forward") and type(module)._conv_forward is not base._conv_forward:
+                return None
             return entry
     return None
 
 
 def _skip_reason(module: nn.Module) -> str | None:
+    """Why a plain Conv/Linear module's weight is left as is (None: it is templated)."""
     if parametrize.is_parametrized(module, "weight"):
         return "weight is parametrized (torch.nn.utils.parametrize); left as is"
-    if not isinstance(getattr(module, "weight", None), nn.Parameter):
+    if not isinstance(module._parameters.get("weight"), nn.Parameter):
         return "weight is not an nn.Parameter"
     if not module.weight.is_floating_point():
         return f"weight dtype {module.weight.dtype} is not floating point"
+    if any(getattr(module, hooks, None) for hooks in _HOOKS):
+        return "the module has hooks, which a replacement module would not run; left as is"
     return None
+
+
+def _role(name: str) -> str:
+    """A weight's role: its path with block indices wildcarded (``layer1.0.conv1.weight`` -> ``layer1.*.conv1...``)."""
+    return re.sub(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)", "*", name)
 
 
 @dataclass
@@ -107,36 +129,33 @@ class _Weight:
     kind: str
     groups: int
     order: int
-    module_sites: list[str] = field(default_factory=list)  # call_module targets of plain weighted modules
-    inner_sites: list[tuple[str, str]] = field(default_factory=list)  # (leaf target, path inside the leaf)
-    leaf_sites: list[tuple[str, str]] = field(default_factory=list)  # (leaf target, raw parameter inside the leaf)
+    module_sites: dict[str, None] = field(default_factory=dict)  # call_module targets of plain weighted modules
+    inner_sites: dict[tuple[str, str], None] = field(default_factory=dict)  # (leaf target, path in the leaf)
+    leaf_sites: dict[tuple[str, str], None] = field(default_factory=dict)  # (leaf target, raw parameter name)
     attr_nodes: list[fx.Node] = field(default_factory=list)  # get_attr nodes
-    blocked: list[str] = field(default_factory=list)  # uses that are not weighted ops
 
     @property
-    def key(self) -> tuple[str, tuple[int, ...], int]:
-        return (self.kind, tuple(self.param.shape), self.groups)
+    def key(self) -> tuple[Any, ...]:
+        """Weights share a bank only when all of this agrees."""
+        p = self.param
+        return (self.kind, tuple(p.shape), self.groups, p.dtype, p.device, p.requires_grad)
 
 
-_NOT_WEIGHTS: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.Embedding, "embedding table: a lookup, not a weighted op"),
-    (nn.EmbeddingBag, "embedding table: a lookup, not a weighted op"),
-    (nn.RNNBase, "recurrent weights are not templated (the module keeps flat references to them)"),
-    (nn.modules.conv._ConvTransposeNd, "ConvTranspose is not templated"),
-)
-
-
-def _leaf_param_reason(owner: nn.Module, attr: str, p: nn.Parameter) -> str | None:
+def _leaf_param_reason(owner: nn.Module, attr: str, p: nn.Parameter, aliases: int) -> str | None:
     """Why a raw parameter inside a leaf module is not templated (None: it is, through a parametrization)."""
     if p.dim() < 2:
         return "not a weight (fewer than 2 dimensions)"
-    for cls, reason in _NOT_WEIGHTS:
-        if isinstance(owner, cls):
+    if attr == "bias" or attr.endswith("_bias"):
+        return "a bias: biases stay per layer, never templated"
+    for classes, reason in _NOT_WEIGHTS:
+        if isinstance(owner, classes):
             return reason
-    if parametrize.is_parametrized(owner, attr):
+    if attr == "original" or parametrize.is_parametrized(owner, attr):
         return "already parametrized (torch.nn.utils.parametrize); left as is"
     if not p.is_floating_point():
         return f"dtype {p.dtype} is not floating point"
+    if aliases > 1:
+        return f"reached through {aliases} names inside the leaf module; left as is"
     return None
 
 
@@ -144,13 +163,16 @@ def _parametrize(owner: nn.Module, attr: str, generator: MixedWeight) -> None:
     """Make ``owner.<attr>`` the generated weight through ``torch.nn.utils.parametrize``.
 
     The original parameter is dropped (an empty, non-persistent buffer stands in for it), so the state dict and
-    ``parameters()`` hold the bank only: no second copy, no unused parameter.
+    ``parameters()`` hold the bank only: no second copy, no unused parameter. The original tensor is never
+    touched (it may be the pass's input's: ``register_parametrization`` would ``set_`` it).
     """
-    original = getattr(owner, attr)
+    original = owner._parameters[attr]
+    placeholder = original.new_empty(0)
+    owner._parameters[attr] = nn.Parameter(placeholder, requires_grad=original.requires_grad)
     parametrize.register_parametrization(owner, attr, generator, unsafe=True)
     plist = owner.parametrizations[attr]
     del plist._parameters["original"]
-    plist.register_buffer("original", original.new_empty(0), persistent=False)
+    plist.register_buffer("original", placeholder, persistent=False)
 
 
 def _is_opaque(node: fx.Node) -> bool:
@@ -177,7 +199,7 @@ def _attr_use(node: fx.Node, user: fx.Node, ndim: int) -> tuple[str, int] | None
     if ndim < 2:
         return None
     if user.op == "call_function" and user.target in _MATMUL and len(user.args) > 1 and user.args[1] is node:
-        return ("param", 1)
+        return ("matmul", 1)
     if _is_opaque(user):
         return ("param", 1)
     return None
@@ -195,8 +217,9 @@ def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
         names.setdefault(id(p), name)
     banked = {id(p) for m in gm.modules() if isinstance(m, TemplateBank) for p in m.parameters()}
     weights: dict[int, _Weight] = {}
-    skipped: list[dict[str, str]] = []
+    skipped: dict[str, str] = {}  # target -> reason
     blocked: dict[int, list[str]] = {}
+    seen_leaves: set[str] = set()
 
     def add(p: nn.Parameter, kind: str, groups: int, order: int) -> _Weight:
         w = weights.get(id(p))
@@ -204,42 +227,28 @@ def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
             w = weights[id(p)] = _Weight(p, names[id(p)], kind, groups, order)
         return w
 
+    def block(p: nn.Parameter, where: str, target: str, reason: str | None) -> None:
+        blocked.setdefault(id(p), []).append(where)
+        if reason is not None and p.dim() >= 2:
+            skipped.setdefault(target, reason)
+
     for order, node in enumerate(gm.graph.nodes):
         if node.op == "call_module":
-            module = gm.get_submodule(str(node.target))
-            if isinstance(module, MIXED_TYPES):
+            target = str(node.target)
+            module = gm.get_submodule(target)
+            if isinstance(module, MIXED_TYPES) or target in seen_leaves:
                 continue
+            seen_leaves.add(target)  # a module called several times is one set of sites
             plain = _plain_kind(module)
             if plain is not None:
                 reason = _skip_reason(module)
                 if reason is None:
-                    add(module.weight, plain[0], getattr(module, "groups", 1), order).module_sites.append(
-                        str(node.target)
-                    )
+                    add(module.weight, plain[0], getattr(module, "groups", 1), order).module_sites[target] = None
                 else:
-                    skipped.append({"target": str(node.target), "reason": reason})
+                    for p in module.parameters():
+                        block(p, f"module '{target}'", f"{target}.weight", reason)
                 continue
-            if isinstance(module, nn.modules.conv._ConvTransposeNd):
-                skipped.append({"target": str(node.target), "reason": "ConvTranspose is not templated"})
-                continue
-            inner_weights: set[int] = set()
-            for sub_name, sub in module.named_modules():
-                plain = _plain_kind(sub) if sub_name else None
-                if plain is not None and _skip_reason(sub) is None:
-                    w = add(sub.weight, plain[0], getattr(sub, "groups", 1), order)
-                    w.inner_sites.append((str(node.target), sub_name))
-                    inner_weights.add(id(sub.weight))
-            for pname, p in module.named_parameters():
-                if id(p) in inner_weights or id(p) in banked:
-                    continue
-                owner_path, _, attr = pname.rpartition(".")
-                reason = _leaf_param_reason(module.get_submodule(owner_path), attr, p)
-                if reason is None:
-                    add(p, "param", 1, order).leaf_sites.append((str(node.target), pname))
-                    continue
-                blocked.setdefault(id(p), []).append(f"leaf module '{node.target}' ({type(module).__name__})")
-                if p.dim() >= 2:
-                    skipped.append({"target": f"{node.target}.{pname}", "reason": reason})
+            _collect_leaf(gm, target, module, order, add, block, banked)
         elif node.op == "get_attr":
             value = _fetch(gm, str(node.target))
             if not isinstance(value, nn.Parameter) or id(value) in banked:
@@ -250,19 +259,50 @@ def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
                 kind, groups = accepted[0]
                 add(value, kind, groups, order).attr_nodes.append(node)
             else:
-                blocked.setdefault(id(value), []).extend(_describe(u) for u, use in uses if use is None)
+                rejected = "; ".join(_describe(u) for u, use in uses if use is None) or "nothing"
+                block(value, rejected, names[id(value)], f"used by {rejected}, not as the weight of a weighted op")
 
     result = []
     for pid, w in weights.items():
         if pid in blocked:
-            w.blocked = blocked[pid]
-            skipped.append(
-                {"target": w.name, "reason": "also used by an op that is not a weighted op: " + "; ".join(w.blocked)}
-            )
+            reason = "also used by an op that is not a weighted op: " + "; ".join(blocked[pid])
+            skipped[w.name] = reason
         else:
             result.append(w)
+            skipped.pop(w.name, None)
     result.sort(key=lambda w: w.order)
-    return result, skipped
+    return result, [{"target": t, "reason": r} for t, r in skipped.items()]
+
+
+def _collect_leaf(
+    gm: fx.GraphModule,
+    target: str,
+    module: nn.Module,
+    order: int,
+    add: Callable[[nn.Parameter, str, int, int], _Weight],
+    block: Callable[[nn.Parameter, str, str, str | None], None],
+    banked: set[int],
+) -> None:
+    """Weights inside a leaf module: Conv/Linear submodules (swapped) and raw weight parameters (parametrized)."""
+    inner_weights: set[int] = set()
+    for sub_name, sub in module.named_modules(remove_duplicate=False):  # every alias path of a submodule
+        plain = _plain_kind(sub) if sub_name else None
+        if plain is not None and _skip_reason(sub) is None:
+            w = add(sub.weight, plain[0], getattr(sub, "groups", 1), order)
+            w.inner_sites[(target, sub_name)] = None
+            inner_weights.add(id(sub.weight))
+    aliases: dict[int, int] = {}
+    for _, p in module.named_parameters(remove_duplicate=False):
+        aliases[id(p)] = aliases.get(id(p), 0) + 1
+    for pname, p in module.named_parameters():
+        if id(p) in inner_weights or id(p) in banked:
+            continue
+        owner_path, _, attr = pname.rpartition(".")
+        reason = _leaf_param_reason(module.get_submodule(owner_path), attr, p, aliases[id(p)])
+        if reason is None:
+            add(p, "param", 1, order).leaf_sites[(target, pname)] = None
+        else:
+            block(p, f"leaf module '{target}' ({type(module).__name__})", f"{target}.{pname}", reason)
 
 
 def _fetch(gm: nn.Module, target: str) -> Any:
@@ -296,55 +336,75 @@ def _group(weights: list[_Weight], sharing: str, window: int) -> list[list[_Weig
         return [[w] for w in weights]
     by_key: dict[tuple[Any, ...], list[_Weight]] = {}
     for w in weights:
-        by_key.setdefault(w.key, []).append(w)
+        key = w.key if sharing == "shape" else (*w.key, _role(w.name))
+        by_key.setdefault(key, []).append(w)
     if sharing == "shape":
         return list(by_key.values())
     return [ws[i : i + window] for ws in by_key.values() for i in range(0, len(ws), window)]
 
 
-def _kaiming(count: int, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
-    """``count`` Kaiming-normal (fan-in, ReLU gain) tensors of ``shape``, flattened to ``[count, D]``."""
-    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+def _fan_in(kind: str, shape: tuple[int, ...]) -> int:
+    if kind == "matmul":  # ``x @ W`` with ``W`` laid out ``[..., in, out]``
+        return shape[-2] if len(shape) > 1 else shape[0]
+    return math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+
+
+def _kaiming(count: int, shape: tuple[int, ...], fan_in: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """``count`` Kaiming-normal (ReLU gain) tensors of ``shape``, flattened to ``[count, D]``."""
     std = math.sqrt(2.0) / math.sqrt(max(fan_in, 1))
     return (torch.randn((count, math.prod(shape)), generator=generator, dtype=torch.float32) * std).to(dtype)
 
 
 def _init_bank(
-    stacked: Tensor, shape: tuple[int, ...], init: str, k: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Templates ``[K, D]`` and coefficients ``[L, K]`` (CPU, ``stacked``'s dtype) for weights ``stacked`` ``[L, D]``.
-
-    Only the SVD runs in float64; ``exact`` copies the weights bit for bit.
-    """
+    stacked: Tensor, shape: tuple[int, ...], fan_in: int, init: str, k: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, dict[str, Any], list[float]]:
+    """Templates ``[K, D]``, coefficients ``[L, K]`` (CPU, ``stacked``'s dtype), the bank's report entries and the
+    predicted per-layer relative errors, for the weights ``stacked`` ``[L, D]``. Only the SVD runs in float64;
+    ``exact`` copies the weights bit for bit."""
     num_layers, _dim = stacked.shape
     dtype = stacked.dtype
     info: dict[str, Any] = {"templates_requested": k}
+    predicted_layers = [0.0] * num_layers
     if init == "exact":
         k_eff = max(k, num_layers)
         if k_eff != k:
             info["note"] = f"K raised from {k} to {k_eff}: an exact identity basis needs one template per layer"
-        templates = torch.cat([stacked, _kaiming(k_eff - num_layers, shape, generator, dtype)])
+        templates = torch.cat([stacked, _kaiming(k_eff - num_layers, shape, fan_in, generator, dtype)])
         coefficients = torch.zeros(num_layers, k_eff, dtype=dtype)
         coefficients[:, :num_layers] = torch.eye(num_layers, dtype=dtype)
         info.update(templates=k_eff, basis="identity", predicted_error=0.0)
     elif init == "svd":
         u, s, vh = torch.linalg.svd(stacked.to(torch.float64), full_matrices=False)
         r = min(k, s.numel())
-        templates = torch.cat([(s[:r, None] * vh[:r]).to(dtype), _kaiming(k - r, shape, generator, dtype)])
+        templates = torch.cat([(s[:r, None] * vh[:r]).to(dtype), _kaiming(k - r, shape, fan_in, generator, dtype)])
         coefficients = torch.zeros(num_layers, k, dtype=dtype)
         coefficients[:, :r] = u[:, :r].to(dtype)
-        total = float((s**2).sum())
-        predicted = math.sqrt(float((s[r:] ** 2).sum()) / total) if total > 0 else 0.0
-        info.update(templates=k, basis="svd", predicted_error=predicted, singular_values=s.tolist()[:16])
+        energy = s**2
+        total = float(energy.sum())
+        info.update(
+            templates=k,
+            basis="svd",
+            predicted_error=math.sqrt(float(energy[r:].sum()) / total) if total > 0 else 0.0,
+            singular_values=s.tolist()[:16],
+        )
+        # row l of the residual is sum_{j >= r} U[l, j] s_j v_j, so its squared norm is sum_{j >= r} U[l, j]^2 s_j^2
+        residual = (u[:, r:] ** 2 * energy[r:]).sum(dim=1)
+        row_norms = (u**2 * energy).sum(dim=1)
+        predicted_layers = [
+            math.sqrt(float(res / norm)) if norm > 0 else 0.0 for res, norm in zip(residual, row_norms, strict=True)
+        ]
         if k > s.numel():
-            info["note"] = f"rank {s.numel()} < K: {k - s.numel()} extra Kaiming template(s) with zero coefficients"
+            info["note"] = (
+                f"only min(layers, size) = {s.numel()} singular directions: {k - s.numel()} extra Kaiming "
+                "template(s) with zero coefficients"
+            )
     else:  # fresh
-        templates = _kaiming(k, shape, generator, dtype)
+        templates = _kaiming(k, shape, fan_in, generator, dtype)
         coefficients = torch.empty(num_layers, k, dtype=torch.float32)
         nn.init.orthogonal_(coefficients, generator=generator)
         coefficients = coefficients.to(dtype)
         info.update(templates=k, basis="fresh")
-    return templates, coefficients, info
+    return templates, coefficients, info, predicted_layers
 
 
 def _rel(diff: Tensor, ref: Tensor) -> float:
@@ -354,13 +414,15 @@ def _rel(diff: Tensor, ref: Tensor) -> float:
     return diff_norm / ref_norm if ref_norm > 0 else diff_norm
 
 
-def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any]) -> dict[str, float]:
+def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any]) -> dict[str, Any]:
     flags = [(m, m.training) for m in (*model.modules(), *gm.modules())]
     try:
         model.eval()
         gm.eval()
         with torch.no_grad():
             max_abs, max_rel = max_abs_rel_error(model(*example_inputs), gm(*example_inputs))
+    except ValueError as error:  # the outputs' structures or shapes differ
+        return {"max_abs": math.inf, "max_rel": math.inf, "mode": "eval", "error": str(error)}
     finally:
         for module, flag in flags:
             module.training = flag
@@ -369,6 +431,14 @@ def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any]) -> d
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _unique(container: nn.Module, base: str) -> str:
+    key, i = base, 1
+    while key in container._modules:
+        i += 1
+        key = f"{base}_{i}"
+    return key
 
 
 def templatize(
@@ -389,20 +459,23 @@ def templatize(
 
     Args:
         model: any ``nn.Module`` (traced with :func:`growc.trace`) or a ``GraphModule``; never modified.
-        example_inputs: positional inputs, used for shape analysis (fake tensors) and the output check.
-        sharing: ``"layer"``, ``"shape"`` or ``"shape_window"`` (banks of ``window`` consecutive same-key layers).
+        example_inputs: positional inputs, used for shape analysis (meta tensors) and the output check.
+        sharing: ``"layer"``, ``"shape"`` or ``"shape_window"`` (banks of ``window`` consecutive layers of one
+            role: same key and same path up to block indices, e.g. ``layer1.*.conv1``).
         templates: K, templates per bank (``exact`` raises it to the bank's layer count when smaller).
         init: ``"exact"`` (function-preserving, bit-exact), ``"svd"`` (rank-K fit) or ``"fresh"`` (Kaiming
             templates, orthogonal coefficients).
         seed: seeds every random draw (extra templates, fresh init).
         window: bank size for ``shape_window``.
         leaf_modules, autowrap_functions, concrete_args: tracing options, see :func:`growc.trace`.
-        verify: run ``model`` and the result once on ``example_inputs`` (eval mode) and report the difference.
+        verify: run ``model`` and the result once on ``example_inputs`` (eval mode) and report the difference;
+            with ``init="exact"`` a difference above :data:`EXACT_TOLERANCE` raises ``GrowcPassError``.
 
     Returns:
         The templatized GraphModule. ``gm.meta["growc"]["templatize"]`` holds the report: ``banks`` (kind,
-        weight shape, groups, layers, K, predicted and measured relative error), ``layers``, ``skipped`` (with
-        reasons), ``params`` before/after, ``shapes`` (analysis), and ``output`` (max abs/rel difference).
+        weight shape, groups, layers, K, predicted and measured relative error), ``layers`` (predicted and
+        measured error each), ``skipped`` (with reasons), ``params`` before/after, ``shapes`` (analysis),
+        ``notes``, and ``output`` (max abs/rel difference).
     """
     if sharing not in ("layer", "shape", "shape_window"):
         raise GrowcConfigError(f"sharing must be 'layer', 'shape' or 'shape_window', got {sharing!r}")
@@ -445,15 +518,17 @@ def templatize(
         first = group[0].param
         shape = tuple(first.shape)
         stacked = torch.stack([w.param.detach().reshape(-1).cpu() for w in group])
-        t, a, info = _init_bank(stacked, shape, init, templates, generator)
+        fan_in = _fan_in(group[0].kind, shape)
+        t, a, info, predicted_layers = _init_bank(stacked, shape, fan_in, init, templates, generator)
         bank = TemplateBank(
             t.reshape(-1, *shape).to(first.device), a.to(first.device), kind=group[0].kind, groups=group[0].groups
         )
-        bank_name = f"bank{len(banks)}"
+        bank.requires_grad_(first.requires_grad)
+        bank_name = _unique(banks, f"bank{len(banks)}")
         banks[bank_name] = bank
         with torch.no_grad():
             diff = bank.weights().reshape(len(group), -1).cpu() - stacked
-        layer_errors = [_rel(diff[i], stacked[i]) for i in range(len(group))]
+        measured_layers = [_rel(diff[i], stacked[i]) for i in range(len(group))]
         if init != "fresh":
             info["measured_error"] = _rel(diff, stacked)
         bank_reports.append(
@@ -470,12 +545,14 @@ def templatize(
             meta = {"pass": "templatize", "bank": bank_name, "row": row, "weight": w.name}
             tagged: list[fx.Node] = []
             for target in w.module_sites:
-                source = gm.get_submodule(target)
-                _set(gm, target, _mixed_like(source, bank, row))
+                _set(gm, target, _mixed_like(gm.get_submodule(target), bank, row))
                 tagged += by_target[target]
+            made: dict[int, nn.Module] = {}  # one mixed module per source module, set at each of its paths
             for leaf_target, inner in w.inner_sites:
                 leaf = gm.get_submodule(leaf_target)
-                _set(leaf, inner, _mixed_like(leaf.get_submodule(inner), bank, row))
+                source = leaf.get_submodule(inner)
+                mixed = made.get(id(source)) or made.setdefault(id(source), _mixed_like(source, bank, row))
+                _set(leaf, inner, mixed)
                 tagged += by_target[leaf_target]
             for leaf_target, pname in w.leaf_sites:
                 owner_path, _, attr = pname.rpartition(".")
@@ -483,9 +560,8 @@ def templatize(
                 _parametrize(owner, attr, MixedWeight(bank, row, f"{leaf_target}.{pname}"))
                 tagged += by_target[leaf_target]
             for node in w.attr_nodes:
-                key = str(node.target).replace(".", "_")
-                if key not in mixed_weights:
-                    mixed_weights[key] = MixedWeight(bank, row, str(node.target))
+                key = _unique(mixed_weights, str(node.target).replace(".", "_"))
+                mixed_weights[key] = MixedWeight(bank, row, str(node.target))
                 with gm.graph.inserting_before(node):
                     new = gm.graph.call_module(f"growc_weights.{key}")
                 new.meta.update(node.meta)
@@ -494,12 +570,26 @@ def templatize(
                 tagged.append(new)
             for node in tagged:
                 node.meta.setdefault("growc", {}).setdefault("templatize", []).append(meta)
-            layer_reports.append({**meta, "kind": w.kind, "shape": list(shape), "relative_error": layer_errors[row]})
+            layer_reports.append(
+                {
+                    **meta,
+                    "kind": w.kind,
+                    "shape": list(shape),
+                    "predicted_error": predicted_layers[row],
+                    "relative_error": measured_layers[row],
+                }
+            )
 
     for container in ("growc_banks", "growc_weights"):
         if not len(gm.get_submodule(container)):
             delattr(gm, container)
     _drop_replaced(gm, {id(w.param) for w in weights})
+    notes = [f"{b['name']}: {b['note']}" for b in bank_reports if "note" in b]
+    if init == "svd" and any(b["predicted_error"] > 1e-3 for b in bank_reports):
+        notes.append(
+            "a rank-K fit of layers that were never trained to share templates loses accuracy: fine-tune the "
+            "templatized model before use"
+        )
     report: dict[str, Any] = {
         "sharing": sharing,
         "templates": templates,
@@ -512,8 +602,15 @@ def templatize(
         "params": {"before": _count(model), "after": _count(gm)},
         "shapes": shapes,
         "trace": gm.meta.get("growc", {}).get("trace", {}),
+        "notes": notes,
     }
     finish_pass(gm, "templatize", report)
     if verify:
-        report["output"] = _verify(model, gm, example_inputs)
+        report["output"] = output = _verify(model, gm, example_inputs)
+        if init == "exact" and not output["max_rel"] <= EXACT_TOLERANCE:
+            raise GrowcPassError(
+                f"templatize(init='exact') changed the model's function: max rel error {output['max_rel']:.3e} > "
+                f"{EXACT_TOLERANCE:g}{' (' + output['error'] + ')' if 'error' in output else ''}. Please report "
+                "this model; pass leaf_modules=[...] for the submodule involved to work around it."
+            )
     return gm

@@ -6,20 +6,12 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
-settings.register_profile(
-    "ci",
-    deadline=None,
-    derandomize=True,
-    max_examples=25,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "dev", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
-settings.load_profile(os.environ.get("GROWC_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+import growc.testing.plugin  # noqa: F401  (registers the growc-ci and growc-dev profiles)
+
+# derandomized in CI; GROWC_HYPOTHESIS_PROFILE picks another (e.g. growc-dev for broader local exploration)
+settings.load_profile(os.environ.get("GROWC_HYPOTHESIS_PROFILE", "growc-ci" if os.environ.get("CI") else "growc-dev"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -117,3 +117,27 @@ def test_bad_input_shape_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 def test_console_script_is_installed() -> None:
     result = subprocess.run([sys.executable, "-m", "growc.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"growc {growc.__version__}"
+
+
+def test_input_shape_that_does_not_fit_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["templatize", "wrn-10-1", "--input-shape", "2,5,32,32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("growc templatize: error: shape analysis: node 'conv1' (call_module conv1) fails on inputs")
+    assert "Do the example inputs fit the model?" in err
+
+
+@pytest.mark.parametrize("option", ["--templates", "--window"])
+def test_non_positive_counts_are_usage_errors(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["templatize", "wrn-10-1", option, "0"])
+    assert info.value.code == 2
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_artifact_folder_has_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    assert main(["templatize", "cnn1d-4", "--out", str(tmp_path / "art")]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "art").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -29,8 +30,10 @@ def test_installed_package_maps_passes_folder(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_built_wheel_contains_and_imports_growc_passes(tmp_path: Path) -> None:
+    source = tmp_path / "src"  # build from a copy: setuptools writes build/ and *.egg-info into the source tree
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__"))
     build = _run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
         cwd=tmp_path,
     )
     assert build.returncode == 0, build.stdout + build.stderr

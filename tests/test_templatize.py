@@ -164,11 +164,13 @@ def test_get_attr_weights_tied_weights_and_blocked_uses() -> None:
     gm = growc.templatize(model, (x,), templates=2)
     report = gm.meta["growc"]["templatize"]
     assert sorted(layer["weight"] for layer in report["layers"]) == ["fc.weight", "lin", "proj", "w"]
-    assert report["skipped"] == []  # `scale` has no weighted use, so it is not a candidate at all
+    assert report["skipped"] == [  # every >=2-D parameter left as is is listed, with the op that uses it
+        {"target": "scale", "reason": "used by node 'sum_1' (call_method sum), not as the weight of a weighted op"}
+    ]
     assert isinstance(gm.growc_weights.w, MixedWeight) and gm.growc_weights.w.source == "w"
     assert gm.fc.bank is gm.fc2.bank and gm.fc.index == gm.fc2.index  # tied: one bank row
     kinds = {layer["weight"]: layer["kind"] for layer in report["layers"]}
-    assert kinds == {"w": "conv2d", "lin": "param", "proj": "param", "fc.weight": "linear"}
+    assert kinds == {"w": "conv2d", "lin": "param", "proj": "matmul", "fc.weight": "linear"}
     assert "scale" in dict(gm.named_parameters())
     assert_same_function(model, gm, (x,), mode="both")
     plain = growc.materialize(gm)
@@ -300,3 +302,209 @@ def test_result_is_an_fx_graph_module_with_lintable_graph(tiny) -> None:
     assert isinstance(gm, fx.GraphModule)
     gm.graph.lint()
     assert "self.b(" in gm.code
+
+
+# --- regressions: each of these once crashed or silently changed the function ---------------------------------
+
+
+class Reuse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.attn = nn.MultiheadAttention(3, 1, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(torch.relu(self.conv(x)))  # one module, two calls
+        t = x.flatten(2).transpose(1, 2)
+        t = self.attn(t, t, t)[0]
+        return self.attn(t, t, t)[0].mean(1)  # one leaf, two calls
+
+
+def test_module_called_twice_is_one_bank_row() -> None:
+    torch.manual_seed(0)
+    model, x = Reuse(), torch.randn(2, 3, 5, 5)
+    gm = growc.templatize(model, (x,), sharing="shape")
+    weights = [layer["weight"] for layer in gm.meta["growc"]["templatize"]["layers"]]
+    assert weights == ["conv.weight", "attn.out_proj.weight", "attn.in_proj_weight"]
+    assert_same_function(model, gm, (x,), mode="both")
+    assert_same_function(model, growc.materialize(gm), (x,), mode="both")
+
+
+class DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from collections import OrderedDict
+
+        return OrderedDict(out=self.fc(x), aux=x.sum(1))
+
+
+def test_mapping_outputs_compare_by_keys() -> None:
+    model, x = DictOut(), torch.randn(3, 4)
+    gm = growc.templatize(model, (x,))
+    assert gm.meta["growc"]["templatize"]["output"]["max_rel"] == 0.0
+    assert_same_function(model, gm, (x,))
+
+
+class Collide(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Module()
+        self.a.b_c = nn.Parameter(torch.randn(3, 3))
+        self.a_b = nn.Module()
+        self.a_b.c = nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.a.b_c), self.a_b.c)
+
+
+def test_weight_names_that_flatten_alike_stay_distinct() -> None:
+    model, x = Collide(), torch.randn(2, 3)
+    gm = growc.templatize(model, (x,))
+    assert sorted(gm.growc_weights._modules) == ["a_b_c", "a_b_c_2"]
+    assert_same_function(model, gm, (x,))
+    assert_same_function(model, growc.materialize(gm), (x,))
+
+
+def test_modules_with_hooks_are_left_as_is() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    model[0].register_forward_hook(lambda module, inputs, output: output * 3)
+    x = torch.randn(2, 3)
+    gm = growc.templatize(model, (x,))
+    report = gm.meta["growc"]["templatize"]
+    assert [layer["weight"] for layer in report["layers"]] == ["1.weight"]
+    assert report["skipped"] == [
+        {"target": "0.weight", "reason": "the module has hooks, which a replacement module would not run; left as is"}
+    ]
+    assert_same_function(model, gm, (x,))
+
+
+class ScaledConv(nn.Conv2d):
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(x, weight * 2, bias)
+
+
+def test_conv_subclass_overriding_conv_forward_is_not_swapped() -> None:
+    model = nn.Sequential(ScaledConv(3, 4, 3))
+    x = torch.randn(1, 3, 6, 6)
+    gm = growc.templatize(model, (x,), leaf_modules=[ScaledConv])
+    # not swapped for a MixedConv2d (that would drop the override): its weight is parametrized in place instead
+    assert [(layer["weight"], layer["kind"]) for layer in gm.meta["growc"]["templatize"]["layers"]] == [
+        ("0.weight", "param")
+    ]
+    assert type(gm.get_submodule("0")).__bases__ == (ScaledConv,)
+    assert_same_function(model, gm, (x,), mode="both")
+    assert_same_function(model, growc.materialize(gm), (x,), mode="both")
+
+
+class Aliased(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = self.a  # one submodule under two names
+        self.w = nn.Parameter(torch.randn(3, 3))
+        self.inner = nn.Module()
+        self.inner.w = self.w  # one raw parameter under two names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x)) @ self.inner.w + x @ self.w
+
+
+def test_aliases_inside_a_leaf() -> None:
+    model = nn.Sequential(Aliased())
+    x = torch.randn(2, 3)
+    gm = growc.templatize(model, (x,), leaf_modules=[Aliased])
+    report = gm.meta["growc"]["templatize"]
+    assert [layer["weight"] for layer in report["layers"]] == ["0.a.weight"]
+    assert report["skipped"] == [
+        {"target": "0.w", "reason": "reached through 2 names inside the leaf module; left as is"}
+    ]
+    assert all(not t.is_meta for t in model.state_dict().values())
+    assert_same_function(model, gm, (x,))
+
+
+def test_bank_keys_include_dtype_and_trainability() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3))
+    model[1].double()
+    model[1].register_forward_pre_hook(lambda module, args: (args[0].double(),))
+    model[1].register_forward_hook(lambda module, args, out: out.float())
+    model[2].requires_grad_(False)
+    x = torch.randn(2, 3)
+    gm = growc.templatize(nn.Sequential(model[0], model[2]), (x,), sharing="shape")
+    banks = gm.growc_banks
+    assert len(banks) == 2  # a trainable and a frozen weight never share templates
+    assert [b.templates.requires_grad for b in banks.values()] == [True, False]
+    mixed = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3).double())
+    gm = growc.templatize(nn.Sequential(mixed[0]), (x,), sharing="shape")
+    assert len(gm.growc_banks) == 1
+
+
+def test_frozen_model_stays_frozen_and_tied_biases_stay_tied() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    model[1].bias = model[0].bias
+    model.requires_grad_(False)
+    x = torch.randn(2, 3)
+    gm = growc.templatize(model, (x,), sharing="shape")
+    assert not any(p.requires_grad for p in gm.parameters())
+    assert gm.get_submodule("0").bias is gm.get_submodule("1").bias
+    plain = growc.materialize(gm)
+    assert not any(p.requires_grad for p in plain.parameters())
+    assert plain.get_submodule("0").bias is plain.get_submodule("1").bias
+
+
+class NormLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm([2, 4, 4])
+        self.fc = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x).flatten(1))
+
+
+def test_normalization_parameters_are_never_templated() -> None:
+    model = nn.Sequential(NormLeaf())
+    x = torch.randn(2, 2, 4, 4)
+    gm = growc.templatize(model, (x,), leaf_modules=[NormLeaf], init="svd", templates=1)
+    report = gm.meta["growc"]["templatize"]
+    assert [layer["weight"] for layer in report["layers"]] == ["0.fc.weight"]
+    reasons = {s["target"]: s["reason"] for s in report["skipped"]}
+    assert reasons == {
+        "0.norm.weight": "normalization parameters stay per layer, never templated",
+        "0.norm.bias": "a bias: biases stay per layer, never templated",
+    }
+
+
+def test_shape_window_groups_by_role_across_blocks() -> None:
+    from growc.models import WideResNet
+
+    model = WideResNet(16, 1)  # 2 blocks per stage
+    gm = growc.templatize(model, (torch.randn(1, 3, 32, 32),), sharing="shape_window", window=2)
+    layers = [b["layers"] for b in gm.meta["growc"]["templatize"]["banks"]]
+    assert ["block1.0.conv1.weight", "block1.1.conv1.weight"] in layers
+    assert ["block1.0.conv2.weight", "block1.1.conv2.weight"] in layers
+    assert not any(len({name.split(".")[-2] for name in group}) > 1 for group in layers)
+
+
+def test_svd_per_layer_predicted_error_and_note() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(5, 5, bias=False) for _ in range(3)])
+    gm = growc.templatize(model, (torch.randn(2, 5),), sharing="shape", init="svd", templates=1)
+    report = gm.meta["growc"]["templatize"]
+    for layer in report["layers"]:
+        assert layer["predicted_error"] == pytest.approx(layer["relative_error"], abs=1e-5)
+    assert any("fine-tune" in note for note in report["notes"])
+
+
+def test_input_parameters_are_not_touched_even_through_parametrizations() -> None:
+    model = WithLeaf()
+    versions = {name: p._version for name, p in model.named_parameters()}
+    growc.templatize(model, (torch.randn(2, 5, 8),))
+    assert {name: p._version for name, p in model.named_parameters()} == versions
+
+
+def test_wrong_example_input_names_the_node() -> None:
+    with pytest.raises(growc.GrowcError, match=r"^shape analysis: node 'a' \(call_module a\) fails on inputs of "):
+        growc.templatize(Tiny(), (torch.randn(2, 5, 8, 8),))

@@ -71,7 +71,16 @@ def test_every_conv_and_linear_of_resnet18_becomes_a_bank_row() -> None:
 def test_vision_transformer_attention_weights_are_templatized() -> None:
     model, x = _build("vit_b_32")
     gm = growc.templatize(model, (x,))
-    assert gm.meta["growc"]["templatize"]["skipped"] == []
+    assert gm.meta["growc"]["templatize"]["skipped"] == [
+        {
+            "target": "class_token",
+            "reason": "used by node 'expand' (call_method expand), not as the weight of a weighted op",
+        },
+        {
+            "target": "encoder.pos_embedding",
+            "reason": "used by node 'add' (call_function add), not as the weight of a weighted op",
+        },
+    ]
     templated = {layer["weight"] for layer in gm.meta["growc"]["templatize"]["layers"]}
     attention = "encoder.layers.encoder_layer_0.self_attention"
     # the packed input projection is a raw parameter of nn.MultiheadAttention (a leaf): a parametrization covers it

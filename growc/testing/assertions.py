@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path
 
-from growc.analysis import _as_tensor, _leaf_stats, _rel, max_abs_rel_error
+from growc.analysis import _as_tensor, _leaf_stats, _plain_containers, _rel, max_abs_rel_error
 
 __all__ = ["assert_same_function", "max_abs_rel_error"]
 
@@ -57,8 +57,8 @@ def _path_str(path: tuple[Any, ...]) -> str:
 
 
 def _compare(out_a: Any, out_b: Any, mode: str, rtol: float, atol: float) -> None:
-    leaves_a, spec_a = tree_flatten_with_path(out_a)
-    leaves_b, spec_b = tree_flatten_with_path(out_b)
+    leaves_a, spec_a = tree_flatten_with_path(_plain_containers(out_a))
+    leaves_b, spec_b = tree_flatten_with_path(_plain_containers(out_b))
     where = f"assert_same_function (mode={mode!r})"
     if spec_a != spec_b:
         raise AssertionError(f"{where}: output tree structures differ:\n  a: {spec_a}\n  b: {spec_b}")
