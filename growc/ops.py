@@ -134,27 +134,32 @@ class _Mixed(nn.Module):
     def weight(self) -> Tensor:
         return self._bank.weight(self.index)
 
+    @property
+    def trainable(self) -> bool:
+        return self._bank.templates.requires_grad
 
-class _MixedConvNd(_Mixed):
+
+class _ConvLayer(nn.Module):
+    """What a generated-weight conv shares with ``nn.ConvNd``: attributes, ``forward`` and folding to a plain conv.
+
+    Subclasses provide ``weight`` (generated), ``bias`` and ``trainable``.
+    """
+
     _dim = 0
+    weight: Tensor
+    bias: nn.Parameter | None
+    trainable: bool
 
-    def __init__(self, bank: TemplateBank, index: int, source: nn.modules.conv._ConvNd) -> None:
-        super().__init__(bank, index, source.bias)
-        self.in_channels = source.in_channels
-        self.out_channels = source.out_channels
-        self.kernel_size = source.kernel_size
-        self.stride = source.stride
-        self.padding = source.padding
-        self.dilation = source.dilation
-        self.groups = source.groups
+    def _copy_conv_attrs(self, source: Any, **override: Any) -> None:
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
+            setattr(self, name, override.get(name, getattr(source, name)))
         self.padding_mode = source.padding_mode
         self._reversed_padding_repeated_twice = list(source._reversed_padding_repeated_twice)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-            f"bias={self.bias is not None}, row={self.index}"
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}"
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,7 +172,6 @@ class _MixedConvNd(_Mixed):
     def to_plain(self) -> nn.Module:
         """A plain ``nn.ConvNd`` with the generated weight (a detached copy) and this layer's bias Parameter."""
         cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self._dim - 1]
-        w = self.weight
         plain = cls(
             self.in_channels,
             self.out_channels,
@@ -180,10 +184,42 @@ class _MixedConvNd(_Mixed):
             padding_mode=self.padding_mode,
             device="meta",
         )
-        plain.weight = nn.Parameter(w.detach().clone(), requires_grad=self._bank.templates.requires_grad)
+        plain.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=self.trainable)
         plain.bias = self.bias
         plain.train(self.training)
         return plain
+
+
+class _LinearLayer(nn.Module):
+    """What a generated-weight linear layer shares with ``nn.Linear``: ``forward`` and folding."""
+
+    weight: Tensor
+    bias: nn.Parameter | None
+    trainable: bool
+    in_features: int
+    out_features: int
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def to_plain(self) -> nn.Module:
+        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        plain.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=self.trainable)
+        plain.bias = self.bias
+        plain.train(self.training)
+        return plain
+
+
+class _MixedConvNd(_Mixed, _ConvLayer):
+    def __init__(self, bank: TemplateBank, index: int, source: nn.modules.conv._ConvNd) -> None:
+        _Mixed.__init__(self, bank, index, source.bias)
+        self._copy_conv_attrs(source)
+
+    def extra_repr(self) -> str:
+        return f"{_ConvLayer.extra_repr(self)}, row={self.index}"
 
 
 class MixedConv1d(_MixedConvNd):
@@ -204,29 +240,16 @@ class MixedConv3d(_MixedConvNd):
     _dim = 3
 
 
-class MixedLinear(_Mixed):
+class MixedLinear(_Mixed, _LinearLayer):
     """``nn.Linear`` whose weight is generated from a template bank."""
 
     def __init__(self, bank: TemplateBank, index: int, source: nn.Linear) -> None:
-        super().__init__(bank, index, source.bias)
+        _Mixed.__init__(self, bank, index, source.bias)
         self.in_features = source.in_features
         self.out_features = source.out_features
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, row={self.index}"
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-    def to_plain(self) -> nn.Module:
-        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        plain.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=self._bank.templates.requires_grad)
-        plain.bias = self.bias
-        plain.train(self.training)
-        return plain
+        return f"{_LinearLayer.extra_repr(self)}, row={self.index}"
 
 
 class MixedWeight(_Mixed):

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ from growc.testing import (
     ALL_FEATURES,
     BlockSpec,
     CNNSpec,
+    GeneratedCNN,
     GeneratedModel,
     assert_same_function,
     block_output_shape,
@@ -50,12 +52,35 @@ def _single_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+def reused_targets(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """``call_module`` targets called more than once in the traced graph, with their call counts."""
+    counts = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    return {target: n for target, n in counts.items() if n > 1}
+
+
+def tied_pairs(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
+    """Pairs of distinct called Conv/Linear modules whose ``weight`` is one and the same Parameter."""
+    modules = dict(gm.named_modules())
+    called = dict.fromkeys(n.target for n in gm.graph.nodes if n.op == "call_module")
+    weighted = [t for t in called if isinstance(modules[t], (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    return [
+        (a, b)
+        for i, a in enumerate(weighted)
+        for b in weighted[i + 1 :]
+        if modules[a] is not modules[b] and modules[a].weight is modules[b].weight
+    ]
+
+
 def graph_features(gm: torch.fx.GraphModule) -> set[str]:
     """Feature names whose markers occur in a traced graph (a superset of ``spec.features``)."""
     modules = dict(gm.named_modules())
     found: set[str] = set()
     n_linear = 0
     called = {n.target for n in gm.graph.nodes if n.op == "call_function"}
+    if any(isinstance(modules[t], (nn.Conv1d, nn.Conv2d)) for t in reused_targets(gm)):
+        found.add("reuse")
+    if tied_pairs(gm):
+        found.add("tied")
     for node in gm.graph.nodes:
         if node.op == "call_module":
             mod = modules[node.target]
@@ -217,6 +242,93 @@ def test_functional_block_uses_get_attr_weights() -> None:
         calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (F.conv1d, F.conv2d, F.linear)]
         assert calls and all(n.args[1].op == "get_attr" for n in calls)
         assert not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for m in model.module.blocks.modules())
+
+
+def _find_block(kind: str, **params: Any) -> tuple[GeneratedModel, int]:
+    """A generated model (with ``kind`` enabled) containing a ``kind`` block with ``params``; its index."""
+
+    def matches(block: BlockSpec) -> bool:
+        return block.kind == kind and all(block.get(k) == v for k, v in params.items())
+
+    model = find(
+        cnn_models(features=frozenset({"conv", kind}), max_blocks=3),
+        lambda m: any(matches(b) for b in m.spec.blocks),
+        settings=FIND,
+    )
+    return model, next(i for i, b in enumerate(model.spec.blocks) if matches(b))
+
+
+def test_reused_conv_is_called_twice_in_traced_graph() -> None:
+    for k in (1, 3):
+        model, i = _find_block("reuse", k=k)
+        module = model.build()
+        conv = module.blocks[i].conv
+        assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
+        assert conv.in_channels == conv.out_channels and conv.stride == (1,) * model.spec.dim
+        gm = torch.fx.symbolic_trace(module)
+        calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == f"blocks.{i}.conv"]
+        assert len(calls) == 2 and calls[0] is not calls[1]
+        assert calls[0] in calls[1].args[0].all_input_nodes  # conv(act(conv(x)))
+        assert reused_targets(gm)[f"blocks.{i}.conv"] == 2
+        assert_same_function(module, gm, model.inputs, mode="both")
+        # the block keeps the shape: conv -> act -> conv of its own input
+        x = torch.randn(2, conv.in_channels, *model.spec.input_size)
+        block = module.blocks[i]
+        with torch.no_grad():
+            y = block(x)
+            assert y.shape == x.shape
+            assert torch.equal(y, conv(block.act(conv(x))))
+
+
+def test_tied_weights_are_one_parameter_with_own_biases() -> None:
+    for op, cls in (("conv", (nn.Conv1d, nn.Conv2d)), ("linear", nn.Linear)):
+        model, i = _find_block("tied", op=op)
+        module = model.build()
+        pair = module.blocks[i]
+        assert isinstance(pair.a, cls) and isinstance(pair.b, cls) and pair.a is not pair.b
+        assert pair.b.weight is pair.a.weight  # identity, not merely equal values
+        assert pair.a.bias is not pair.b.bias and not torch.equal(pair.a.bias, pair.b.bias)
+        assert "weight_tied=True" in repr(module)
+        # the shared weight is one parameter, listed under both names in the state dict
+        names = {name for name, _ in module.named_parameters()}
+        assert f"blocks.{i}.a.weight" in names and f"blocks.{i}.b.weight" not in names
+        sd = module.state_dict()
+        assert sd[f"blocks.{i}.a.weight"].data_ptr() == sd[f"blocks.{i}.b.weight"].data_ptr()
+        # deterministic, survives building from the JSON spec, copying, converting, tracing, loading
+        other = build_cnn(CNNSpec.from_json(model.spec.to_json()))
+        assert other.blocks[i].b.weight is other.blocks[i].a.weight
+        assert all(torch.equal(sd[k], v) for k, v in other.state_dict().items())
+        for copied in (copy.deepcopy(module), copy.deepcopy(module).double(), GeneratedCNN(model.spec)):
+            assert copied.blocks[i].b.weight is copied.blocks[i].a.weight
+        other.load_state_dict(sd)
+        assert other.blocks[i].b.weight is other.blocks[i].a.weight
+        gm = torch.fx.symbolic_trace(module)
+        assert (f"blocks.{i}.a", f"blocks.{i}.b") in tied_pairs(gm)
+        assert_same_function(module, gm, model.inputs, mode="both")
+        # one update through the shared Parameter changes both modules
+        with torch.no_grad():
+            pair.a.weight.add_(1.0)
+        assert torch.equal(pair.b.weight, pair.a.weight)
+
+
+def test_hand_written_reuse_and_tied_specs_round_trip() -> None:
+    blocks = (
+        BlockSpec.of("reuse", k=3, bias=False, act="gelu"),
+        BlockSpec.of("tied", op="conv", k=3, act="relu"),
+        BlockSpec.of("tied", op="linear", act="silu"),
+    )
+    spec = CNNSpec(1, 3, (9,), blocks, BlockSpec.of("gap_head", hidden=0, act="relu"), 4, 11)
+    assert spec.features == {"reuse", "tied", "gap_head"}
+    assert "reuse(k=3, bias=False, act='gelu')" in repr(spec) and "tied(op='linear', act='silu')" in repr(spec)
+    assert CNNSpec.from_json(spec.to_json()) == spec and hash(CNNSpec.from_dict(spec.to_dict())) == hash(spec)
+    assert [block_output_shape(b, 1, 3, (9,)) for b in blocks] == [(3, (9,))] * 3
+    model = build_cnn(spec)
+    assert model.blocks[0].conv.bias is None
+    assert model(torch.randn(2, 3, 9)).shape == (2, 4)
+    with pytest.raises(ValueError, match="odd"):
+        block_output_shape(BlockSpec.of("reuse", k=2, bias=True, act="relu"), 1, 3, (9,))
+    with pytest.raises(ValueError, match="tied op"):
+        build_cnn(CNNSpec(1, 3, (9,), (BlockSpec.of("tied", op="mlp", act="relu"),), spec.head, 4, 11))
 
 
 def test_grouped_and_depthwise_convs_appear() -> None:

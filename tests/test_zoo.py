@@ -1,4 +1,5 @@
-"""Zoo sweep: every torchvision classification model converts in ``exact`` mode and computes the same function.
+"""Zoo sweep: every torchvision classification (and segmentation) model converts in ``exact`` mode and computes the
+same function.
 
 Models are built with ``weights=None`` (random init, nothing downloaded), 10 classes and small inputs. A model that
 does not convert must be listed in ``EXPECTED_FAILURES`` with the reason, so a reviewer sees it; none is today.
@@ -87,3 +88,14 @@ def test_vision_transformer_attention_weights_are_templatized() -> None:
     assert {f"{attention}.in_proj_weight", f"{attention}.out_proj.weight"} <= templated
     assert "conv_proj.weight" in templated and "heads.head.weight" in templated
     assert len(templated) == 1 + 12 * 4 + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", torchvision.models.list_models(module=torchvision.models.segmentation))
+def test_segmentation_models_with_mapping_outputs(name: str) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    gm = growc.templatize(model, (x,))
+    assert gm.meta["growc"]["templatize"]["output"]["max_rel"] == 0.0
+    assert_same_function(model, growc.materialize(gm), (x,), mode="eval")

@@ -46,6 +46,16 @@ Feature names (see :data:`ALL_FEATURES`), each of which can be switched off thro
 ``functional``
     a block owning raw ``nn.Parameter`` weights used through ``F.conv1d``/``F.conv2d`` or
     ``F.linear`` (channel mixing), i.e. through ``get_attr`` nodes in the traced graph.
+``reuse``
+    module reuse: one channel-preserving, stride-1, "same"-padded convolution called twice in one
+    forward, ``conv(act(conv(x)))``, so the traced graph has two ``call_module`` nodes with the
+    same target.
+``tied``
+    tied weights: two distinct ``Conv1d/2d`` (or ``Linear``, channel mixing) submodules ``a`` and
+    ``b`` sharing one ``nn.Parameter`` weight (``b.weight is a.weight``) but owning their own
+    biases, applied as ``b(act(a(x)))``.  The tie survives :func:`build_cnn`, ``to_empty``,
+    ``.to(...)``, ``copy.deepcopy`` and tracing; ``state_dict`` lists the shared weight under both
+    names (``named_parameters`` / ``parameters`` list it once).
 ``gap_head`` / ``flatten_head``
     the head: global average pool -> flatten -> Linear, or flatten -> Linear over ``C * H * W``
     features.  If neither is enabled the global-average-pool head is used.
@@ -100,6 +110,8 @@ BLOCK_FEATURES: tuple[str, ...] = (
     "pool",
     "dropout",
     "functional",
+    "reuse",
+    "tied",
 )
 #: Head features.
 HEAD_FEATURES: tuple[str, ...] = ("gap_head", "flatten_head", "mlp_head")
@@ -138,6 +150,9 @@ class BlockSpec:
     * ``dense``: ``growth, norm, norm_groups, act``;  ``inception``: ``c1, c2, stride, act``
     * ``se``: ``hidden``;  ``pool``: ``op, k, stride, pad``
     * ``fconv``: ``out, k, bias``;  ``flinear``: ``out, bias``
+    * ``reuse``: ``k, bias, act`` (channel- and size-preserving conv called twice)
+    * ``tied``: ``op`` (``"conv"`` or ``"linear"``), ``k`` (conv only), ``act`` (channel- and
+      size-preserving pair with one shared weight)
     * heads ``gap_head`` / ``flatten_head``: ``hidden`` (0 = single Linear), ``act``
 
     ``norm`` is one of ``"none"``, ``"bn"``, ``"gn"`` (``norm_groups`` is used for ``"gn"``).
@@ -250,7 +265,7 @@ class CNNSpec:
             if kind == "conv":
                 groups = int(block["groups"])
                 used.add("conv" if groups == 1 else ("depthwise" if groups == c else "grouped"))
-            elif kind in ("bn", "gn", "act", "residual", "se", "pool", "dropout"):
+            elif kind in ("bn", "gn", "act", "residual", "se", "pool", "dropout", "reuse", "tied"):
                 used.add(kind)
             elif kind in ("dense", "inception"):
                 used.add("concat")
@@ -295,6 +310,9 @@ def block_output_shape(block: BlockSpec, dim: int, c: int, size: tuple[int, ...]
         new_c, new_size = int(block["out"]), tuple(_out_len(n, k, s, p, d) for n in size)
     elif kind in ("bn", "gn", "act", "dropout", "se"):
         pass
+    elif kind in ("reuse", "tied"):
+        if int(block.get("k", 1)) % 2 != 1:  # "same" padding k // 2 keeps the size only for odd k
+            raise ValueError(f"block {block!r} needs an odd kernel size")
     elif kind == "residual":
         s = int(block["stride"])
         new_c, new_size = int(block["out"]), tuple(_out_len(n, 3, s, 1) for n in size)
@@ -469,6 +487,59 @@ class FunctionalLinear(nn.Module):
         return y.movedim(-1, 1)
 
 
+class ReusedConv(nn.Module):
+    """Module reuse: one ``c -> c``, stride-1, same-padded conv called twice, ``conv(act(conv(x)))``."""
+
+    def __init__(self, dim: int, c: int, k: int, bias: bool, act: str, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.conv = _conv_cls(dim)(c, c, k, padding=k // 2, bias=bias, device=device)
+        self.act = _make_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.act(self.conv(x)))
+
+
+class TiedPair(nn.Module):
+    """Tied weights: distinct ``c -> c`` modules ``a`` and ``b`` sharing one weight, own biases, ``b(act(a(x)))``.
+
+    ``op="conv"``: stride-1, same-padded ``Conv1d/2d`` with kernel ``k``; ``op="linear"``:
+    ``nn.Linear`` over the channels (moved last and back).  ``b.weight is a.weight`` holds after
+    construction and after every ``_apply`` (``to_empty``, ``to``, ``half``, ...), which would
+    otherwise give each module its own copy.
+    """
+
+    def __init__(self, dim: int, c: int, op: str, k: int, act: str, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.op = op
+        if op == "conv":
+            self.a: nn.Module = _conv_cls(dim)(c, c, k, padding=k // 2, device=device)
+            self.b: nn.Module = _conv_cls(dim)(c, c, k, padding=k // 2, device=device)
+        elif op == "linear":
+            self.a = nn.Linear(c, c, device=device)
+            self.b = nn.Linear(c, c, device=device)
+        else:
+            raise ValueError(f"unknown tied op {op!r}; expected 'conv' or 'linear'")
+        self.act = _make_act(act)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Make ``b`` use ``a``'s weight Parameter (idempotent)."""
+        self.b.weight = self.a.weight
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TiedPair:
+        super()._apply(fn, recurse)
+        self.tie_weights()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"op={self.op!r}, weight_tied={self.b.weight is self.a.weight}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "linear":
+            return self.b(self.act(self.a(x.movedim(1, -1)))).movedim(-1, 1)
+        return self.b(self.act(self.a(x)))
+
+
 def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str) -> nn.Module:
     kind = block.kind
     if kind == "conv":
@@ -530,6 +601,10 @@ def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], devic
         return FunctionalConv(dim, c, int(block["out"]), int(block["k"]), bool(block["bias"]), device)
     if kind == "flinear":
         return FunctionalLinear(c, int(block["out"]), bool(block["bias"]), device)
+    if kind == "reuse":
+        return ReusedConv(dim, c, int(block["k"]), bool(block["bias"]), str(block["act"]), device)
+    if kind == "tied":
+        return TiedPair(dim, c, str(block["op"]), int(block.get("k", 1)), str(block["act"]), device)
     raise ValueError(f"unknown block kind {kind!r}")
 
 
@@ -595,7 +670,12 @@ _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 @torch.no_grad()
 def _init_parameters(model: nn.Module, gen: torch.Generator) -> None:
-    """Fill every parameter and buffer of ``model`` from ``gen`` (in module registration order)."""
+    """Fill every parameter and buffer of ``model`` from ``gen`` (in module registration order).
+
+    A weight shared by several modules (tied weights) is filled once, at its first owner; the
+    biases of the later owners are still filled (with the bound of the shared weight's fan-in).
+    """
+    seen: set[int] = set()
     for name, mod in model.named_modules():
         params = dict(mod.named_parameters(recurse=False))
         buffers = dict(mod.named_buffers(recurse=False))
@@ -613,7 +693,9 @@ def _init_parameters(model: nn.Module, gen: torch.Generator) -> None:
         elif "weight" in params and params["weight"].dim() >= 2:
             weight = params.pop("weight")
             fan_in = max(1, weight[0].numel())
-            weight.uniform_(-math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in), generator=gen)
+            if id(weight) not in seen:
+                seen.add(id(weight))
+                weight.uniform_(-math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in), generator=gen)
             if "bias" in params:
                 bound = 1.0 / math.sqrt(fan_in)
                 params.pop("bias").uniform_(-bound, bound, generator=gen)
@@ -803,6 +885,14 @@ def _draw_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec:
         if draw(st.sampled_from(("fconv", "flinear"))) == "fconv":
             return BlockSpec.of("fconv", out=out, k=draw(st.sampled_from((1, 3))), bias=bias)
         return BlockSpec.of("flinear", out=out, bias=bias)
+    if feature == "reuse":
+        k = draw(st.sampled_from((1, 3)))
+        return BlockSpec.of("reuse", k=k, bias=draw(st.booleans()), act=draw(st.sampled_from(s.acts())))
+    if feature == "tied":
+        if draw(st.sampled_from(("conv", "linear"))) == "conv":
+            k = draw(st.sampled_from((1, 3)))
+            return BlockSpec.of("tied", op="conv", k=k, act=draw(st.sampled_from(s.acts())))
+        return BlockSpec.of("tied", op="linear", act=draw(st.sampled_from(s.acts())))
     raise ValueError(f"unknown feature {feature!r}")  # pragma: no cover
 
 
