@@ -19,7 +19,7 @@ from .ops import (
     param_groups,
     param_roles,
 )
-from .passes import materialize, templatize
+from .passes import fuse, materialize, templatize
 from .pipeline import Pipeline
 from .trace import trace
 
@@ -39,6 +39,7 @@ __all__ = [
     "TemplateBank",
     "TensorInfo",
     "__version__",
+    "fuse",
     "materialize",
     "max_abs_rel_error",
     "param_groups",

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "GENERATED_TYPES",
+    "GRID_TYPES",
     "MIXED_TYPES",
+    "GridConv1d",
+    "GridConv2d",
+    "GridConv3d",
+    "GridLinear",
     "MixedConv1d",
     "MixedConv2d",
     "MixedConv3d",
@@ -98,6 +104,18 @@ class TemplateBank(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache = None
+
+    def add_rows(self, rows: Tensor) -> list[int]:
+        """Append coefficient rows ``[r, K]`` (new layers or blocks over the same templates); returns their indices.
+
+        The coefficients Parameter is replaced by a longer one: build optimizers after adding rows.
+        """
+        rows = rows.to(self.coefficients.device, self.coefficients.dtype).reshape(-1, self.num_templates)
+        start = self.num_layers
+        grown = torch.cat([self.coefficients.detach(), rows])
+        self.coefficients = nn.Parameter(grown, requires_grad=self.coefficients.requires_grad)
+        self._cache = None
+        return list(range(start, start + rows.shape[0]))
 
     def weight(self, index: int) -> Tensor:
         """The generated weight of layer ``index``."""
@@ -275,6 +293,123 @@ class MixedWeight(_Mixed):
 
 
 MIXED_TYPES: tuple[type[nn.Module], ...] = (MixedConv1d, MixedConv2d, MixedConv3d, MixedLinear, MixedWeight)
+
+Term = tuple[TemplateBank, int]
+
+
+class _Grid(nn.Module):
+    """A grown layer whose weight is an R x C grid of blocks; each block is the sum of one or more bank rows.
+
+    Rows of the grid run along output channels, columns along input channels: ``weight = cat_i(cat_j(B_ij, 1),
+    0) * scale``. A stem has one column (parents stacked along outputs), a head one row (side by side along
+    inputs), an interior layer n x n (diagonal = the parents' rows, off-diagonal = new rows over existing
+    templates). Like the mixed layers it references its banks without owning them.
+    """
+
+    def __init__(self, blocks: list[list[list[Term]]], bias: nn.Parameter | None, scale: float = 1.0) -> None:
+        super().__init__()
+        object.__setattr__(self, "_blocks", [[list(terms) for terms in row] for row in blocks])
+        self.scale = float(scale)
+        self.bias = bias
+
+    @property
+    def blocks(self) -> list[list[list[Term]]]:
+        return self._blocks
+
+    @property
+    def banks(self) -> list[TemplateBank]:
+        seen: dict[int, TemplateBank] = {}
+        for row in self._blocks:
+            for terms in row:
+                for bank, _ in terms:
+                    seen.setdefault(id(bank), bank)
+        return list(seen.values())
+
+    @property
+    def trainable(self) -> bool:
+        return any(bank.templates.requires_grad for bank in self.banks)
+
+    @staticmethod
+    def _block(terms: list[Term]) -> Tensor:
+        bank, row = terms[0]
+        weight = bank.weight(row)
+        for bank, row in terms[1:]:
+            weight = weight + bank.weight(row)
+        return weight
+
+    @property
+    def weight(self) -> Tensor:
+        rows = [
+            torch.cat([self._block(t) for t in row], dim=1) if len(row) > 1 else self._block(row[0])
+            for row in self._blocks
+        ]
+        weight = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+        return weight * self.scale if self.scale != 1.0 else weight
+
+    def grid_repr(self) -> str:
+        return f"grid={len(self._blocks)}x{len(self._blocks[0])}, scale={self.scale:g}"
+
+
+class _GridConvNd(_Grid, _ConvLayer):
+    def __init__(
+        self,
+        blocks: list[list[list[Term]]],
+        bias: nn.Parameter | None,
+        source: Any,
+        *,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        scale: float = 1.0,
+    ) -> None:
+        _Grid.__init__(self, blocks, bias, scale)
+        self._copy_conv_attrs(source, in_channels=in_channels, out_channels=out_channels, groups=groups)
+
+    def extra_repr(self) -> str:
+        return f"{_ConvLayer.extra_repr(self)}, {self.grid_repr()}"
+
+
+class GridConv1d(_GridConvNd):
+    """A grown ``nn.Conv1d``: its weight is a grid of template-mixed blocks."""
+
+    _dim = 1
+
+
+class GridConv2d(_GridConvNd):
+    """A grown ``nn.Conv2d``: its weight is a grid of template-mixed blocks."""
+
+    _dim = 2
+
+
+class GridConv3d(_GridConvNd):
+    """A grown ``nn.Conv3d``: its weight is a grid of template-mixed blocks."""
+
+    _dim = 3
+
+
+class GridLinear(_Grid, _LinearLayer):
+    """A grown ``nn.Linear``: its weight is a grid of template-mixed blocks."""
+
+    def __init__(
+        self,
+        blocks: list[list[list[Term]]],
+        bias: nn.Parameter | None,
+        *,
+        in_features: int,
+        out_features: int,
+        scale: float = 1.0,
+    ) -> None:
+        _Grid.__init__(self, blocks, bias, scale)
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def extra_repr(self) -> str:
+        return f"{_LinearLayer.extra_repr(self)}, {self.grid_repr()}"
+
+
+GRID_TYPES: tuple[type[nn.Module], ...] = (GridConv1d, GridConv2d, GridConv3d, GridLinear)
+#: every module whose weight growc generates: never traced into, never templatized again
+GENERATED_TYPES: tuple[type[nn.Module], ...] = MIXED_TYPES + GRID_TYPES
 
 
 def param_roles(model: nn.Module) -> dict[str, str]:

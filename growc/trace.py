@@ -23,7 +23,7 @@ from typing import Any
 from torch import fx, nn
 
 from .errors import GrowcTraceError
-from .ops import MIXED_TYPES, TemplateBank
+from .ops import GENERATED_TYPES, TemplateBank
 
 __all__ = ["GrowcTracer", "graph_module", "trace"]
 
@@ -60,7 +60,7 @@ class GrowcTracer(fx.Tracer):
         self.failed_module: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, MIXED_TYPES) or isinstance(m, TemplateBank):
+        if isinstance(m, (*GENERATED_TYPES, TemplateBank)):
             return True
         if module_qualified_name in self.leaf_paths:
             return True

@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from growc.ops import MIXED_TYPES, MixedWeight
+from growc.ops import GRID_TYPES, MIXED_TYPES, MixedWeight
 from growc.pipeline import finish_pass
 
 __all__ = ["materialize"]
@@ -88,14 +88,23 @@ def materialize(gm: fx.GraphModule) -> fx.GraphModule:
                 continue
             module = out.get_submodule(str(node.target))
             if isinstance(module, MixedWeight):
-                owner, attr = _owner(out, module.source)
+                # back where templatize found it; elsewhere (a fused model's per-parent copies share one
+                # source path) the parameter takes the module's own place
+                path = module.source if str(node.target).startswith("growc_weights.") else str(node.target)
+                owner, attr = _owner(out, path)
+                if path == str(node.target):
+                    delattr(owner, attr)
                 owner.register_parameter(attr, weight_of(module))
                 with out.graph.inserting_before(node):
-                    new = out.graph.get_attr(module.source)
+                    new = out.graph.get_attr(path)
                 new.meta.update(node.meta)
                 node.replace_all_uses_with(new)
                 out.graph.erase_node(node)
-                folded.append({"target": module.source, "kind": "weight", "node": new.name})
+                folded.append({"target": path, "kind": "weight", "node": new.name})
+            elif isinstance(module, GRID_TYPES):
+                owner, attr = _owner(out, str(node.target))
+                setattr(owner, attr, module.to_plain())
+                folded.append({"target": str(node.target), "kind": type(module).__name__, "node": node.name})
             elif isinstance(module, MIXED_TYPES):
                 owner, attr = _owner(out, str(node.target))
                 setattr(owner, attr, plain(module))

@@ -44,7 +44,7 @@ from torch.nn.utils import parametrize
 from growc.analysis import max_abs_rel_error, propagate_shapes
 from growc.errors import GrowcConfigError, GrowcPassError
 from growc.ops import (
-    MIXED_TYPES,
+    GENERATED_TYPES,
     MixedConv1d,
     MixedConv2d,
     MixedConv3d,
@@ -236,7 +236,7 @@ def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
         if node.op == "call_module":
             target = str(node.target)
             module = gm.get_submodule(target)
-            if isinstance(module, MIXED_TYPES) or target in seen_leaves:
+            if isinstance(module, GENERATED_TYPES) or target in seen_leaves:
                 continue
             seen_leaves.add(target)  # a module called several times is one set of sites
             plain = _plain_kind(module)
@@ -255,7 +255,11 @@ def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
                 continue
             uses = [(u, _attr_use(node, u, value.dim())) for u in node.users]
             accepted = [use for _, use in uses if use is not None]
-            if accepted and len(accepted) == len(uses) and value.is_floating_point():
+            if "bias" in str(node.target).rpartition(".")[2] and accepted and accepted[0][0] in ("param", "matmul"):
+                block(
+                    value, "its name", names[id(value)], "a bias (by its name): biases stay per layer, never templated"
+                )
+            elif accepted and len(accepted) == len(uses) and value.is_floating_point():
                 kind, groups = accepted[0]
                 add(value, kind, groups, order).attr_nodes.append(node)
             else:

@@ -1,0 +1,748 @@
+"""The ``fuse`` pass: n parents of one architecture become one wider network (MixtureGrowth).
+
+The rule (``shared/BRIEF.md`` section 3): a *fused tensor* is the parents' corresponding tensors concatenated
+along one axis, parent-major; tensors that depend on no weight (the inputs) are shared, not duplicated. Every
+op of parent 0's graph is lifted so that, with new blocks at zero, the fused graph computes exactly the
+concatenation of the parents' results:
+
+* template-mixed weighted op, fused -> fused: an n x n grid of blocks (:class:`~growc.ops.GridConv2d`, ...):
+  the diagonal is each parent's own bank row, each off-diagonal block a *new* coefficient row over existing
+  templates (the row parent's bank: ``cross_templates="own"``, the reference's; or one new row in every
+  parent's bank, summed: ``"union"``), initialised by ``cross_init``;
+* shared -> fused (stem): blocks stacked along outputs; fused -> graph output (head): blocks side by side along
+  inputs and biases summed (``head="sum"``: logits are ``parent_1(x) + ... + parent_n(x)``) or averaged
+  (``"mean"``: the logit-average ensemble);
+* grouped and depthwise convs: ``groups`` multiplied by n, no cross blocks;
+* BatchNorm and InstanceNorm: parameters and running statistics concatenated; GroupNorm with n*G groups;
+* elementwise ops, pooling over non-channel axes, dropout: applied to the fused tensor directly (a shared
+  operand that spans the channel axis is repeated per parent); ``flatten`` and reductions track the parent axis;
+  channel ``cat`` is re-ordered so each parent's segment stays contiguous;
+* every other op: the **exact fallback**: the fused operands are split into the n parents' tensors, the op runs
+  once per parent (a call_module with each parent's own module) and the results stay per parent until an op
+  with a direct lift needs them fused. Fallbacks are listed by name in the report; they are exact, never
+  silently wrong.
+
+The graph outputs are merged: a fused tensor reaching an output is summed (or averaged) over parents. Plain
+parents are templatized first (``templatize_options``, default: ``layer`` sharing, K = 2, ``exact``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.fx.node import map_aggregate
+
+from growc.analysis import TensorInfo, max_abs_rel_error, propagate_shapes
+from growc.errors import GrowcConfigError, GrowcError
+from growc.ops import (
+    GENERATED_TYPES,
+    GridConv1d,
+    GridConv2d,
+    GridConv3d,
+    GridLinear,
+    MixedConv1d,
+    MixedConv2d,
+    MixedConv3d,
+    MixedLinear,
+    TemplateBank,
+    Term,
+)
+from growc.pipeline import finish_pass
+from growc.trace import graph_module
+
+from .templatize import templatize
+
+__all__ = ["fuse"]
+
+CrossInit = Literal["orthogonal", "zero", "random", "copy"]
+
+_GRID_OF: dict[type[nn.Module], type[nn.Module]] = {
+    MixedConv1d: GridConv1d,
+    MixedConv2d: GridConv2d,
+    MixedConv3d: GridConv3d,
+}
+_UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
+    nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)  # fmt: skip
+_POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
+_PER_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+_UNARY_FUNCTIONS = {
+    torch.relu, F.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.hardswish,
+    F.hardsigmoid, F.leaky_relu, F.elu, F.mish, F.softplus, F.dropout, operator.neg, torch.neg, torch.abs,
+    torch.exp, torch.sqrt, torch.square,
+}  # fmt: skip
+_UNARY_METHODS = {"relu", "sigmoid", "tanh", "neg", "abs", "exp", "sqrt", "square", "contiguous", "clone"}
+_BINARY_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
+    operator.iadd, operator.imul,
+}  # fmt: skip
+_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+_POOL_FUNCTIONS = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.avg_pool1d, torch.adaptive_avg_pool1d,
+}  # fmt: skip
+_REDUCE = {torch.mean: "mean", torch.sum: "sum"}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+
+
+@dataclass
+class _Value:
+    """A value of the fused graph: ``S`` shared by all parents, ``F`` fused along ``axis``, ``P`` one per parent."""
+
+    kind: str
+    node: Any = None
+    axis: int = -1
+    parts: list[Any] = field(default_factory=list)
+
+
+def _tensor_info(node: fx.Node) -> TensorInfo | None:
+    info = node.meta.get("growc_shape")
+    return info if isinstance(info, TensorInfo) else None
+
+
+def _has_tensor(info: Any) -> bool:
+    if isinstance(info, TensorInfo):
+        return True
+    if isinstance(info, (list, tuple)):
+        return any(_has_tensor(i) for i in info)
+    if isinstance(info, dict):
+        return any(_has_tensor(i) for i in info.values())
+    return False
+
+
+class _Fuser:
+    def __init__(
+        self,
+        parents: list[fx.GraphModule],
+        *,
+        cross_init: str,
+        cross_scale: float,
+        cross_templates: str,
+        head: str,
+        generator: torch.Generator,
+    ) -> None:
+        self.parents = parents
+        self.n = len(parents)
+        self.cross_init = cross_init
+        self.cross_scale = cross_scale
+        self.cross_templates = cross_templates
+        self.head = head
+        self.generator = generator
+        self.root = nn.Module()
+        self.graph = fx.Graph()
+        self.env: dict[fx.Node, _Value] = {}
+        self.fallbacks: list[dict[str, str]] = []
+        self.lifts: list[dict[str, Any]] = []
+        self.banks = nn.ModuleDict()
+        self.per_parent = nn.ModuleDict({f"p{i}": nn.Module() for i in range(self.n)})
+        self.bank_names: dict[int, str] = {}
+        self.weighted: dict[tuple[str, str], str] = {}  # (parent target, lift) -> installed fused module
+        self.biases: dict[str, nn.Parameter] = {}
+        for i, parent in enumerate(parents):
+            for name, bank in getattr(parent, "growc_banks", nn.ModuleDict()).items():
+                key = f"p{i}_{name}"
+                self.banks[key] = bank
+                self.bank_names[id(bank)] = key
+        self.root.add_module("growc_banks", self.banks)
+        self.root.add_module("growc_parents", self.per_parent)
+        self.nodes = [list(p.graph.nodes) for p in parents]
+
+    # ---- conversions between value kinds -------------------------------------------------------------------
+
+    def parts(self, value: _Value) -> list[Any]:
+        if value.kind == "S":
+            return [value.node] * self.n
+        if value.kind == "P":
+            return value.parts
+        if not value.parts:
+            chunks = self.graph.call_function(torch.chunk, (value.node, self.n), {"dim": value.axis})
+            value.parts = [self.graph.call_function(operator.getitem, (chunks, i)) for i in range(self.n)]
+        return value.parts
+
+    def fused(self, value: _Value, axis: int) -> fx.Node:
+        if value.kind == "F" and value.axis == axis:
+            return value.node
+        return self.graph.call_function(torch.cat, (self.parts(value),), {"dim": axis})
+
+    # ---- module registration -------------------------------------------------------------------------------
+
+    def add_fused_module(self, target: str, module: nn.Module) -> str:
+        """Install ``module`` at the parents' path ``target`` (the fused model keeps the parents' layout)."""
+        owner = self.root
+        *path, attr = target.split(".")
+        for part in path:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        if attr in owner._modules:  # a module called several times: one lifted module
+            return target
+        owner.add_module(attr, module)
+        return target
+
+    def parent_module_target(self, i: int, target: str) -> str:
+        container = self.per_parent[f"p{i}"]
+        name = target.replace(".", "_")
+        if name not in container._modules:
+            container.add_module(name, self.parents[i].get_submodule(target))
+        return f"growc_parents.p{i}.{name}"
+
+    def parent_attr_target(self, i: int, target: str) -> str:
+        container = self.per_parent[f"p{i}"]
+        name = "attr_" + target.replace(".", "_")
+        if not hasattr(container, name):
+            owner, _, attr = target.rpartition(".")
+            value = getattr(self.parents[i].get_submodule(owner) if owner else self.parents[i], attr)
+            if isinstance(value, nn.Parameter):
+                container.register_parameter(name, value)
+            elif isinstance(value, Tensor):
+                container.register_buffer(name, value)
+            else:
+                setattr(container, name, value)
+        return f"growc_parents.p{i}.{name}"
+
+    # ---- the walk ------------------------------------------------------------------------------------------
+
+    def run(self) -> fx.GraphModule:
+        for index, node in enumerate(self.nodes[0]):
+            self.index = index
+            handler = getattr(self, f"op_{node.op}")
+            value = self.env[node] = handler(node)
+            for new in [value.node] if value.kind != "P" else value.parts:
+                if isinstance(new, fx.Node):
+                    new.meta.setdefault("growc", {}).setdefault("fuse", {}).setdefault("source", node.name)
+                    new.meta["growc"]["fuse"].setdefault("kind", value.kind if value.kind != "F" else f"F{value.axis}")
+        return graph_module(self.root, self.graph, "Fused")
+
+    def op_placeholder(self, node: fx.Node) -> _Value:
+        new = self.graph.placeholder(str(node.target))
+        new.args = node.args  # a default value, if any
+        new.meta.update(node.meta)
+        return _Value("S", new)
+
+    def op_get_attr(self, node: fx.Node) -> _Value:
+        targets = [self.parent_attr_target(i, str(node.target)) for i in range(self.n)]
+        return self.per_parent_result(node, [self.graph.get_attr(t) for t in targets])
+
+    def op_output(self, node: fx.Node) -> _Value:
+        def merge(arg: Any) -> Any:
+            if not isinstance(arg, fx.Node):
+                return arg
+            value = self.env[arg]
+            if value.kind == "S":
+                return value.node
+            if not _has_tensor(arg.meta.get("growc_shape")):
+                return self.parts(value)[0]
+            parts = self.parts(value)
+            total = parts[0]
+            for part in parts[1:]:
+                total = self.graph.call_function(operator.add, (total, part))
+            if self.head == "mean":
+                total = self.graph.call_function(operator.truediv, (total, self.n))
+            return total
+
+        return _Value("S", self.graph.output(map_aggregate(node.args[0], merge)))
+
+    def op_call_module(self, node: fx.Node) -> _Value:
+        module = self.parents[0].get_submodule(str(node.target))
+        if isinstance(module, (*_GRID_OF, MixedLinear)):
+            return self.lift_weighted(node, module)
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        stateless = not isinstance(module, GENERATED_TYPES) and not any(
+            True for _ in (*module.parameters(), *module.buffers())
+        )  # a mixed layer's state is its bank, which it references without owning
+        if stateless and all(self.env[a].kind == "S" for a in node.all_input_nodes):
+            target = self.add_fused_module(str(node.target), copy.deepcopy(module))
+            args_, kwargs_ = self.map_args(node, lambda v: v.node)
+            return _Value("S", self.graph.call_module(target, args_, kwargs_))
+        first = self.env[args[0]] if args else None
+        only_first_is_tensor = len(args) == 1 and not node.kwargs
+        if first is not None and first.kind != "S" and only_first_is_tensor:
+            info = _tensor_info(args[0])
+            rank = len(info.shape) if info else 0
+            if isinstance(module, _UNARY_MODULES) and first.kind == "F":
+                return self.direct_module(node, module, first.node, first.axis)
+            if isinstance(module, _POOL_MODULES) and rank >= 3:
+                return self.direct_module(node, module, self.fused(first, 1), 1)
+            if isinstance(module, nn.Flatten) and first.kind == "F":
+                axis = self.flatten_axis(first.axis, module.start_dim, module.end_dim, rank)
+                if axis is not None:
+                    return self.direct_module(node, module, first.node, axis)
+            if isinstance(module, (*_PER_CHANNEL_NORMS, nn.GroupNorm)) and rank >= 2:
+                lifted = self.lift_norm(node, module)
+                if lifted is not None:
+                    target = self.add_fused_module(str(node.target), lifted)
+                    new = self.graph.call_module(target, (self.fused(first, 1),))
+                    self.lifts.append(
+                        {"node": node.name, "target": str(node.target), "lift": f"{type(module).__name__} concatenated"}
+                    )
+                    return _Value("F", new, 1)
+        return self.fallback(node)
+
+    def op_call_function(self, node: fx.Node) -> _Value:
+        return self.lift_function(node, node.target, method=False)
+
+    def op_call_method(self, node: fx.Node) -> _Value:
+        return self.lift_function(node, node.target, method=True)
+
+    # ---- direct lifts --------------------------------------------------------------------------------------
+
+    def direct_module(self, node: fx.Node, module: nn.Module, arg: fx.Node, axis: int) -> _Value:
+        target = self.add_fused_module(str(node.target), copy.deepcopy(module))
+        return _Value("F", self.graph.call_module(target, (arg,)), axis)
+
+    def map_args(self, node: fx.Node, convert: Callable[[_Value], Any]) -> tuple[Any, Any]:
+        def one(arg: Any) -> Any:
+            return convert(self.env[arg]) if isinstance(arg, fx.Node) else arg
+
+        return map_aggregate(node.args, one), map_aggregate(node.kwargs, one)
+
+    def emit_like(self, node: fx.Node, args: Any, kwargs: Any) -> fx.Node:
+        return self.graph.create_node(node.op, node.target, args, kwargs)
+
+    def lift_function(self, node: fx.Node, target: Any, *, method: bool) -> _Value:
+        tensor_args = [a for a in node.all_input_nodes if _has_tensor(a.meta.get("growc_shape"))]
+        values = [self.env[a] for a in tensor_args]
+        if all(v.kind == "S" for v in values) and not any(self.env[a].kind != "S" for a in node.all_input_nodes):
+            args, kwargs = self.map_args(node, lambda v: v.node)
+            return _Value("S", self.emit_like(node, args, kwargs))
+        info = _tensor_info(node)
+        fused_values = [v for v in values if v.kind == "F"]
+        if info is not None and fused_values and len(node.all_input_nodes) == len(tensor_args):
+            axis = fused_values[0].axis
+            rank = len(info.shape)
+            unary = (
+                (target in _UNARY_METHODS) if method else (target in _UNARY_FUNCTIONS or _is_stochastic_depth(target))
+            )
+            binary = (target in _BINARY_METHODS) if method else (target in _BINARY_FUNCTIONS)
+            if unary and len(values) == 1:
+                args, kwargs = self.map_args(node, lambda v: v.node)
+                return _Value("F", self.emit_like(node, args, kwargs), axis)
+            if binary and len(values) in (1, 2):
+                first_fused = next(a for a in tensor_args if self.env[a].kind == "F")
+                out_axis = self.env[first_fused].axis + rank - len(_tensor_info(first_fused).shape)
+                return self.lift_binary(node, out_axis, rank)
+            if not method and target in _POOL_FUNCTIONS and len(values) == 1 and rank >= 3:
+                args, kwargs = self.map_args(node, lambda v: self.fused(v, 1))
+                return _Value("F", self.emit_like(node, args, kwargs), 1)
+            if (method and target == "flatten") or (not method and target is torch.flatten):
+                lifted = self.lift_flatten(node, values[0], rank_in=len(_tensor_info(tensor_args[0]).shape))
+                if lifted is not None:
+                    return lifted
+            if (not method and target in (torch.cat, torch.concat)) and len(node.args) >= 1:
+                return self.lift_cat(node, axis)
+            if (method and target in _REDUCE_METHODS) or (not method and target in _REDUCE):
+                lifted = self.lift_reduce(node, values[0], len(_tensor_info(tensor_args[0]).shape))
+                if lifted is not None:
+                    return lifted
+        return self.fallback(node)
+
+    def lift_binary(self, node: fx.Node, axis: int, rank: int) -> _Value:
+        """Elementwise with broadcasting: every operand fused along the output's ``axis`` (aligned from the
+        right), except a shared operand that broadcasts over that axis (a ``[B, 1, H, W]`` mask, a scalar)."""
+
+        def convert(value: _Value, arg: fx.Node) -> fx.Node:
+            info = _tensor_info(arg)
+            if info is None:  # a Python number
+                return value.node
+            aligned = axis - (rank - len(info.shape))
+            if value.kind == "S" and (aligned < 0 or info.shape[aligned] == 1):
+                return value.node
+            return self.fused(value, aligned)
+
+        def one(arg: Any) -> Any:
+            return convert(self.env[arg], arg) if isinstance(arg, fx.Node) else arg
+
+        args = map_aggregate(node.args, one)
+        kwargs = map_aggregate(node.kwargs, one)
+        return _Value("F", self.emit_like(node, args, kwargs), axis)
+
+    @staticmethod
+    def flatten_axis(axis: int, start: int, end: int, rank: int) -> int | None:
+        start, end = start % rank, end % rank
+        if axis < start:
+            return axis
+        if axis == start:
+            return start
+        if axis > end:
+            return axis - (end - start)
+        return None  # the parent axis is inside the flattened range but not outermost
+
+    def lift_flatten(self, node: fx.Node, value: _Value, rank_in: int) -> _Value | None:
+        if value.kind != "F":
+            return None
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        if not isinstance(start, int) or not isinstance(end, int):
+            return None
+        axis = self.flatten_axis(value.axis, start, end, rank_in)
+        if axis is None:
+            return None
+        args, kwargs = self.map_args(node, lambda v: v.node)
+        return _Value("F", self.emit_like(node, args, kwargs), axis)
+
+    def lift_reduce(self, node: fx.Node, value: _Value, rank_in: int) -> _Value | None:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if value.kind != "F" or dims is None or not isinstance(keepdim, bool):
+            return None
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if not all(isinstance(d, int) for d in dims):
+            return None
+        dims = [d % rank_in for d in dims]
+        if value.axis in dims:
+            return None
+        axis = value.axis if keepdim else value.axis - sum(d < value.axis for d in dims)
+        args, kwargs = self.map_args(node, lambda v: v.node)
+        return _Value("F", self.emit_like(node, args, kwargs), axis)
+
+    def lift_cat(self, node: fx.Node, axis: int) -> _Value:
+        inputs = node.args[0]
+        info = _tensor_info(node)
+        rank = len(info.shape)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim = dim % rank
+        values = [self.env[a] for a in inputs]
+        if dim != axis:
+            merged = self.graph.call_function(torch.cat, ([self.fused(v, axis) for v in values],), {"dim": dim})
+            return _Value("F", merged, axis)
+        ordered = [part for i in range(self.n) for part in (self.parts(v)[i] for v in values)]
+        return _Value("F", self.graph.call_function(torch.cat, (ordered,), {"dim": axis}), axis)
+
+    # ---- normalization -------------------------------------------------------------------------------------
+
+    def lift_norm(self, node: fx.Node, module: nn.Module) -> nn.Module | None:
+        modules = [p.get_submodule(str(node.target)) for p in self.parents]
+        config = [(m.eps, getattr(m, "momentum", None), getattr(m, "affine", None)) for m in modules]
+        if any(c != config[0] for c in config):
+            return None
+        if isinstance(module, nn.GroupNorm):
+            lifted = nn.GroupNorm(module.num_groups * self.n, module.num_channels * self.n, module.eps, module.affine)
+        else:
+            lifted = copy.deepcopy(module)
+            lifted.num_features = module.num_features * self.n
+        with torch.no_grad():
+            for name, tensor in list(module.named_parameters(recurse=False)) + list(
+                module.named_buffers(recurse=False)
+            ):
+                if tensor is None:
+                    continue
+                stack = [getattr(m, name) for m in modules]
+                if name == "num_batches_tracked":
+                    value = max(stack, key=lambda t: int(t))
+                    lifted.register_buffer(name, value.detach().clone())
+                    continue
+                joined = torch.cat([t.detach() for t in stack])
+                if isinstance(tensor, nn.Parameter):
+                    setattr(lifted, name, nn.Parameter(joined, requires_grad=tensor.requires_grad))
+                else:
+                    lifted.register_buffer(name, joined)
+        lifted.train(module.training)
+        return lifted
+
+    # ---- weighted ops --------------------------------------------------------------------------------------
+
+    def new_row(self, bank: TemplateBank, copy_row: int) -> tuple[int, dict[str, Any]]:
+        existing = bank.coefficients.detach().to("cpu", torch.float64)
+        k = existing.shape[1]
+        info: dict[str, Any] = {"bank": self.bank_names[id(bank)], "init": self.cross_init}
+        if self.cross_init == "zero":
+            row = torch.zeros(k, dtype=torch.float64)
+        elif self.cross_init == "random":
+            row = (torch.rand(k, generator=self.generator, dtype=torch.float64) * 2 - 1) * self.cross_scale
+        elif self.cross_init == "copy":
+            noise = torch.randn(k, generator=self.generator, dtype=torch.float64) * 0.01
+            row = existing[copy_row] * self.cross_scale + noise
+        else:  # orthogonal: the last right-singular vector of every row the bank already has
+            _, s, vh = torch.linalg.svd(existing, full_matrices=True)
+            rank = int((s > s.max() * 1e-10).sum()) if s.numel() else 0
+            row = vh[-1] * self.cross_scale
+            info["orthogonal"] = rank < k
+            if rank >= k:
+                info["note"] = (
+                    f"K={k} templates and {existing.shape[0]} rows of rank {rank}: no direction is orthogonal to "
+                    "all of them; used the least-aligned one (the last right-singular vector)"
+                )
+        (index,) = bank.add_rows(row[None])
+        info["row"] = index
+        return index, info
+
+    def lift_weighted(self, node: fx.Node, module: nn.Module) -> _Value:
+        target = str(node.target)
+        layers = [p.get_submodule(target) for p in self.parents]
+        (arg,) = node.args
+        value = self.env[arg]
+        linear = isinstance(module, MixedLinear)
+        in_info = _tensor_info(arg)
+        axis = (len(in_info.shape) - 1) if linear else 1
+        groups = 1 if linear else module.groups
+        n = self.n
+        own = [[(layer.bank, layer.index)] for layer in layers]
+        bias_params = [layer.bias for layer in layers]
+        users = list(node.users)
+        is_head = value.kind != "S" and len(users) == 1 and users[0].op == "output" and groups == 1
+        report: dict[str, Any] = {"node": node.name, "target": target}
+        kind = "stem" if value.kind == "S" else "head" if is_head else "grouped" if groups != 1 else "grid"
+        if kind == "stem" and groups != 1:
+            return self.fallback(node)
+        out_axis = (len(_tensor_info(node).shape) - 1) if linear else 1
+        if (target, kind) in self.weighted:  # a module called again with the same lift: the same fused module
+            x = value.node if kind == "stem" else self.fused(value, axis)
+            new = self.graph.call_module(self.weighted[(target, kind)], (x,))
+            return _Value("S", new) if kind == "head" else _Value("F", new, out_axis)
+        if kind == "stem":
+            blocks = [[own[i]] for i in range(n)]
+            bias = self.joined_bias(target, bias_params)
+            in_size, out_size, new_groups, scale = None, n, groups, 1.0
+            x = value.node
+        elif kind == "head":
+            blocks = [[own[j][0:1] for j in range(n)]]
+            bias = self.summed_bias(bias_params)
+            in_size, out_size, new_groups = n, None, 1
+            scale = 1.0 if self.head == "sum" else 1.0 / n
+            x = self.fused(value, axis)
+        elif kind == "grouped":
+            blocks = [[own[i]] for i in range(n)]
+            bias = self.joined_bias(target, bias_params)
+            in_size, out_size, new_groups, scale = n, n, groups * n, 1.0
+            x = self.fused(value, axis)
+        else:
+            cross: list[dict[str, Any]] = []
+            blocks = []
+            for i in range(n):
+                row = []
+                for j in range(n):
+                    if i == j:
+                        row.append(own[i])
+                        continue
+                    source = range(n) if self.cross_templates == "union" else [i]
+                    terms: list[Term] = []
+                    for p in source:
+                        index, info = self.new_row(layers[p].bank, layers[p].index)
+                        terms.append((layers[p].bank, index))
+                        cross.append({"block": [i, j], **info})
+                    row.append(terms)
+                blocks.append(row)
+            report["cross"] = cross
+            bias = self.joined_bias(target, bias_params)
+            in_size, out_size, new_groups, scale = n, n, 1, 1.0
+            x = self.fused(value, axis)
+        if linear:
+            grid = GridLinear(
+                blocks,
+                bias,
+                in_features=module.in_features * (in_size or 1),
+                out_features=module.out_features * (out_size or 1),
+                scale=scale,
+            )
+        else:
+            grid = _GRID_OF[type(module)](
+                blocks,
+                bias,
+                module,
+                in_channels=module.in_channels * (in_size or 1),
+                out_channels=module.out_channels * (out_size or 1),
+                groups=new_groups,
+                scale=scale,
+            )
+        grid.train(module.training)
+        installed = target if not any(t == target for t, _ in self.weighted) else f"{target}_{kind}"
+        self.weighted[(target, kind)] = self.add_fused_module(installed, grid)
+        new = self.graph.call_module(self.weighted[(target, kind)], (x,))
+        new.meta["growc"] = {"fuse": {"lift": kind}}
+        report["lift"] = kind
+        report["blocks"] = [[[f"{self.bank_names[id(b)]}[{r}]" for b, r in terms] for terms in row] for row in blocks]
+        self.lifts.append(report)
+        if kind == "head":
+            return _Value("S", new)
+        return _Value("F", new, out_axis)
+
+    def joined_bias(self, target: str, biases: list[nn.Parameter | None]) -> nn.Parameter | None:
+        """The parents' biases concatenated: one Parameter per parent module, however often it is lifted."""
+        if biases[0] is None:
+            return None
+        if target not in self.biases:
+            joined = torch.cat([b.detach() for b in biases])
+            self.biases[target] = nn.Parameter(joined, requires_grad=biases[0].requires_grad)
+        return self.biases[target]
+
+    def summed_bias(self, biases: list[nn.Parameter | None]) -> nn.Parameter | None:
+        if biases[0] is None:
+            return None
+        total = torch.stack([b.detach() for b in biases]).sum(0)
+        if self.head == "mean":
+            total = total / self.n
+        return nn.Parameter(total, requires_grad=biases[0].requires_grad)
+
+    # ---- the exact fallback --------------------------------------------------------------------------------
+
+    def fallback(self, node: fx.Node) -> _Value:
+        """Split the fused operands into the parents' tensors, run the op once per parent, keep per parent."""
+        outputs = []
+        for i in range(self.n):
+            args, kwargs = self.map_args(node, lambda v, i=i: self.parts(v)[i])
+            target = self.parent_module_target(i, str(node.target)) if node.op == "call_module" else node.target
+            outputs.append(self.graph.create_node(node.op, target, args, kwargs, name=f"{node.name}_p{i}"))
+        name = getattr(node.target, "__name__", str(node.target))
+        if node.op == "call_module":
+            name = type(self.parents[0].get_submodule(str(node.target))).__name__
+        self.fallbacks.append({"node": node.name, "op": node.op, "target": name})
+        return self.per_parent_result(node, outputs)
+
+    def per_parent_result(self, node: fx.Node, outputs: list[fx.Node]) -> _Value:
+        if not _has_tensor(node.meta.get("growc_shape")):
+            return _Value("S", outputs[0])  # parents share shapes, so a non-tensor result is the same for all
+        return _Value("P", parts=outputs)
+
+
+def _is_stochastic_depth(target: Any) -> bool:
+    return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
+
+
+def _is_templatized(model: nn.Module) -> bool:
+    return isinstance(model, fx.GraphModule) and hasattr(model, "growc_banks")
+
+
+def _signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    return [
+        (
+            n.op,
+            f"{n.target} ({type(gm.get_submodule(str(n.target))).__name__})"
+            if n.op == "call_module"
+            else str(n.target),
+        )
+        for n in gm.graph.nodes
+    ]
+
+
+def _check_same_architecture(parents: list[fx.GraphModule]) -> None:
+    first = parents[0]
+    reference = _signature(first)
+    shapes = {k: tuple(v.shape) for k, v in first.state_dict().items() if "growc_banks" not in k}
+    for i, parent in enumerate(parents[1:], start=1):
+        nodes = _signature(parent)
+        for position, (a, b) in enumerate(zip(reference, nodes, strict=False)):
+            if a != b:
+                raise GrowcError(
+                    f"parent {i} differs from parent 0 at node #{position}: {b[0]} {b[1]!r} vs {a[0]} {a[1]!r}; "
+                    "fuse needs parents of one architecture"
+                )
+        if len(nodes) != len(reference):
+            raise GrowcError(f"parent {i} has {len(nodes)} graph nodes, parent 0 has {len(reference)}")
+        other = {k: tuple(v.shape) for k, v in parent.state_dict().items() if "growc_banks" not in k}
+        if other.keys() != shapes.keys():
+            extra = sorted(other.keys() ^ shapes.keys())[:3]
+            raise GrowcError(f"parent {i} and parent 0 hold different parameters and buffers (e.g. {extra})")
+        for key, shape in shapes.items():
+            if other.get(key) != shape:
+                raise GrowcError(f"parent {i}'s '{key}' has shape {other.get(key)}, parent 0's {shape}")
+
+
+def fuse(
+    parents: Sequence[nn.Module],
+    example_inputs: Sequence[Any],
+    *,
+    cross_init: CrossInit = "orthogonal",
+    cross_scale: float = 1.0,
+    cross_templates: Literal["own", "union"] = "own",
+    head: Literal["sum", "mean"] = "sum",
+    seed: int = 0,
+    templatize_options: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> fx.GraphModule:
+    """Fuse n >= 2 parents of one architecture into one wider GraphModule (see the module docstring).
+
+    Args:
+        parents: plain models (templatized first with ``templatize_options``) or templatized GraphModules;
+            never modified.
+        example_inputs: positional inputs for shape analysis and the output check.
+        cross_init: new off-diagonal blocks: ``"orthogonal"`` (the last right-singular vector of the bank's
+            existing coefficients, times ``cross_scale``; the report says when no orthogonal direction exists),
+            ``"zero"`` (function-preserving), ``"random"`` (uniform in [-1, 1] times ``cross_scale``) or
+            ``"copy"`` (the row parent's own coefficients times ``cross_scale``, plus N(0, 0.01²) noise).
+        cross_templates: ``"own"`` (a new row in the row parent's bank) or ``"union"`` (one in every parent's
+            bank, summed).
+        head: ``"sum"`` (logits add up) or ``"mean"`` (they average).
+        seed: seeds random cross inits and the parents' templatization.
+        verify: compare the fused model with the parents' sum (or mean) on ``example_inputs`` in eval mode.
+
+    Returns:
+        The fused GraphModule; ``gm.meta["growc"]["fuse"]`` holds the report (lifts with their block layout,
+        cross blocks with their init, fallbacks by node and op, parameter counts, output check).
+    """
+    if len(parents) < 2:
+        raise GrowcConfigError(f"fuse needs at least 2 parents, got {len(parents)}")
+    if cross_init not in ("orthogonal", "zero", "random", "copy"):
+        raise GrowcConfigError(f"cross_init must be 'orthogonal', 'zero', 'random' or 'copy', got {cross_init!r}")
+    if cross_templates not in ("own", "union"):
+        raise GrowcConfigError(f"cross_templates must be 'own' or 'union', got {cross_templates!r}")
+    if head not in ("sum", "mean"):
+        raise GrowcConfigError(f"head must be 'sum' or 'mean', got {head!r}")
+    if not isinstance(cross_scale, (int, float)) or not math.isfinite(cross_scale):
+        raise GrowcConfigError(f"cross_scale must be a finite number, got {cross_scale!r}")
+    example_inputs = tuple(example_inputs)
+    options = {"sharing": "layer", "templates": 2, "init": "exact", **(templatize_options or {})}
+    templated = [
+        copy.deepcopy(p) if _is_templatized(p) else templatize(p, example_inputs, seed=seed + i, **options)
+        for i, p in enumerate(parents)
+    ]
+    _check_same_architecture(templated)
+    parent_params = [sum(p.numel() for p in t.parameters()) for t in templated]
+    propagate_shapes(templated[0], example_inputs)
+    fuser = _Fuser(
+        templated,
+        cross_init=cross_init,
+        cross_scale=float(cross_scale),
+        cross_templates=cross_templates,
+        head=head,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    gm = fuser.run()
+    report: dict[str, Any] = {
+        "parents": len(parents),
+        "cross_init": cross_init,
+        "cross_scale": cross_scale,
+        "cross_templates": cross_templates,
+        "head": head,
+        "seed": seed,
+        "templatize": options if not all(_is_templatized(p) for p in parents) else None,
+        "lifts": fuser.lifts,
+        "fallbacks": fuser.fallbacks,
+        "params": {"parents": parent_params, "fused": sum(p.numel() for p in gm.parameters())},
+    }
+    finish_pass(gm, "fuse", report)
+    if verify:
+        report["output"] = _verify(templated, gm, example_inputs, head)
+    return gm
+
+
+def _verify(parents: list[nn.Module], gm: nn.Module, example_inputs: tuple[Any, ...], head: str) -> dict[str, Any]:
+    modules = [*parents, gm]
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        with torch.no_grad():
+            outputs = [p(*example_inputs) for p in parents]
+            expected = outputs[0]
+            for out in outputs[1:]:
+                expected = torch.utils._pytree.tree_map(operator.add, expected, out)
+            if head == "mean":
+                expected = torch.utils._pytree.tree_map(lambda t: t / len(parents), expected)
+            max_abs, max_rel = max_abs_rel_error(expected, gm(*example_inputs))
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    return {"against": f"parents' {head}", "max_abs": max_abs, "max_rel": max_rel, "mode": "eval"}

@@ -1,0 +1,259 @@
+"""The fuse pass: with zero cross blocks the fused model is the parents' sum (or mean), on any graph."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import growc
+from growc.models import WideResNet
+from growc.ops import GridConv2d, GridLinear
+from growc.testing import ALL_FEATURES, assert_same_function, cnn_models
+from helpers import assert_unchanged, snapshot
+
+
+def second_parent(generated, seed: int) -> nn.Module:
+    """The same architecture with an independent random init (the reference's network 2)."""
+    spec = dataclasses.replace(generated.spec, seed=generated.spec.seed + seed + 1)
+    return type(generated).from_spec(spec).build()
+
+
+class Ensemble(nn.Module):
+    def __init__(self, parents: list[nn.Module], head: str) -> None:
+        super().__init__()
+        self.parents = nn.ModuleList(parents)
+        self.head = head
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        outputs = [p(*args) for p in self.parents]
+        total = sum(outputs[1:], outputs[0])
+        return total / len(outputs) if self.head == "mean" else total
+
+
+NO_RANDOMNESS = ALL_FEATURES - {"dropout"}  # in train mode a fused dropout draws one mask, the parents n
+
+
+@settings(max_examples=12)
+@given(cnn_models(features=NO_RANDOMNESS), st.sampled_from(["sum", "mean"]), st.integers(0, 100))
+def test_zero_cross_blocks_give_the_parents_sum_in_train_and_eval(generated, head, seed) -> None:
+    a, b = generated.build(), second_parent(generated, seed)
+    before = snapshot(a), snapshot(b)
+    gm = growc.fuse([a, b], generated.inputs, cross_init="zero", head=head, seed=seed)
+    assert_unchanged(a, before[0])
+    assert_unchanged(b, before[1])
+    assert_same_function(Ensemble([a, b], head), gm, generated.inputs, rtol=1e-5, atol=1e-5, mode="both")
+    assert gm.meta["growc"]["fuse"]["output"]["max_rel"] <= 1e-5
+    gm.graph.lint()
+
+
+@settings(max_examples=12)
+@given(cnn_models())
+def test_zero_cross_blocks_in_eval_with_dropout(generated) -> None:
+    a, b = generated.build(), second_parent(generated, 0)
+    gm = growc.fuse([a, b], generated.inputs, cross_init="zero")
+    assert_same_function(Ensemble([a, b], "sum"), gm, generated.inputs, rtol=1e-5, atol=1e-5, mode="eval")
+
+
+@settings(max_examples=12)
+@given(cnn_models(features=NO_RANDOMNESS), st.sampled_from(["own", "union"]))
+def test_parameter_count_follows_the_formula(generated, cross_templates) -> None:
+    a, b = generated.build(), second_parent(generated, 0)
+    gm = growc.fuse([a, b], generated.inputs, cross_templates=cross_templates)
+    report = gm.meta["growc"]["fuse"]
+    parents = sum(report["params"]["parents"])
+    banks = {name: bank for name, bank in gm.growc_banks.items()}
+    cross = sum(banks[c["bank"]].num_templates for lift in report["lifts"] for c in lift.get("cross", []))
+    head_bias = sum(
+        gm.get_submodule(lift["target"]).bias.numel()
+        for lift in report["lifts"]
+        if lift["lift"] == "head" and gm.get_submodule(lift["target"]).bias is not None
+    )
+    assert report["params"]["fused"] == parents + cross - head_bias
+    n_grids = sum(lift["lift"] == "grid" for lift in report["lifts"])
+    assert len([c for lift in report["lifts"] for c in lift.get("cross", [])]) == n_grids * (
+        2 if cross_templates == "own" else 4
+    )
+
+
+@settings(max_examples=12)
+@given(cnn_models(features=NO_RANDOMNESS, max_blocks=3))
+def test_three_parents_and_materialize(generated) -> None:
+    parents = [generated.build(), second_parent(generated, 1), second_parent(generated, 2)]
+    gm = growc.fuse(parents, generated.inputs, cross_init="zero")
+    assert_same_function(Ensemble(parents, "sum"), gm, generated.inputs, rtol=1e-5, atol=1e-5, mode="both")
+    plain = growc.materialize(gm)
+    assert_same_function(gm, plain, generated.inputs, rtol=1e-5, atol=1e-5, mode="both")
+
+
+def fused_wrn(**kwargs) -> tuple[nn.Module, nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    a = WideResNet(10, 1, num_classes=5)
+    torch.manual_seed(1)
+    b = WideResNet(10, 1, num_classes=5)
+    x = torch.randn(4, 3, 32, 32)
+    return a, b, growc.fuse([a, b], (x,), **kwargs), x
+
+
+def test_reference_2x2_layout_on_a_wrn() -> None:
+    a, b, gm, _x = fused_wrn(cross_init="orthogonal")
+    conv = gm.get_submodule("block1.0.conv1")
+    assert isinstance(conv, GridConv2d) and (conv.in_channels, conv.out_channels) == (32, 32)
+    blocks = next(lift["blocks"] for lift in gm.meta["growc"]["fuse"]["lifts"] if lift["target"] == "block1.0.conv1")
+    # [[B0, B2], [B3, B1]]: B0, B1 the parents' own rows; B2 new over set 0 (parent 0's bank), B3 new over set 1
+    assert blocks == [[["p0_bank1[0]"], ["p0_bank1[1]"]], [["p1_bank1[1]"], ["p1_bank1[0]"]]]
+    w = conv.weight.detach()
+    torch.testing.assert_close(w[:16, :16], a.block1[0].conv1.weight, rtol=0, atol=0)
+    torch.testing.assert_close(w[16:, 16:], b.block1[0].conv1.weight, rtol=0, atol=0)
+    assert w[:16, 16:].abs().sum() > 0 and w[16:, :16].abs().sum() > 0  # orthogonal init: not zero
+    # stem stacked along outputs, BN concatenated, classifier side by side with biases summed
+    torch.testing.assert_close(gm.conv1.weight, torch.cat([a.conv1.weight, b.conv1.weight]), rtol=0, atol=0)
+    bn = gm.get_submodule("block1.0.bn2")
+    torch.testing.assert_close(bn.running_var, torch.cat([a.block1[0].bn2.running_var, b.block1[0].bn2.running_var]))
+    torch.testing.assert_close(bn.weight, torch.cat([a.block1[0].bn2.weight, b.block1[0].bn2.weight]))
+    fc = gm.fc
+    assert isinstance(fc, GridLinear) and fc.weight.shape == (5, 128)
+    torch.testing.assert_close(fc.weight, torch.cat([a.fc.weight, b.fc.weight], 1), rtol=0, atol=0)
+    torch.testing.assert_close(fc.bias, a.fc.bias + b.fc.bias)
+    assert gm.meta["growc"]["fuse"]["fallbacks"] == []
+
+
+def test_orthogonal_cross_rows_are_orthogonal_and_say_when_they_cannot_be() -> None:
+    torch.manual_seed(0)
+    parents = [WideResNet(10, 1, num_classes=3) for _ in range(3)]
+    x = torch.randn(2, 3, 32, 32)
+    gm = growc.fuse(parents, (x,), templatize_options={"templates": 4})
+    bank = gm.growc_banks["p0_bank1"]
+    rows = bank.coefficients.detach()
+    assert rows.shape == (3, 4)  # the layer's own row and two new ones (3 parents: 2 off-diagonal blocks per row)
+    gram = rows @ rows.T
+    torch.testing.assert_close(gram - torch.diag(torch.diag(gram)), torch.zeros(3, 3), rtol=0, atol=1e-6)
+    cross = [c for lift in gm.meta["growc"]["fuse"]["lifts"] for c in lift.get("cross", [])]
+    assert all(c["orthogonal"] for c in cross)
+    gm1 = growc.fuse(parents[:2], (x,), templatize_options={"templates": 1})
+    cross = [c for lift in gm1.meta["growc"]["fuse"]["lifts"] for c in lift.get("cross", [])]
+    assert not any(c["orthogonal"] for c in cross)
+    assert cross[0]["note"].startswith("K=1 templates and 1 rows of rank 1: no direction is orthogonal")
+
+
+@pytest.mark.parametrize("cross_init", ["orthogonal", "random", "copy"])
+def test_nonzero_cross_inits_change_the_function_and_are_seeded(cross_init: str) -> None:
+    a, b, gm, x = fused_wrn(cross_init=cross_init, seed=3)
+    assert gm.meta["growc"]["fuse"]["output"]["max_rel"] > 1e-3
+    again = growc.fuse([a, b], (x,), cross_init=cross_init, seed=3)
+    for (k1, v1), (k2, v2) in zip(gm.state_dict().items(), again.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_union_cross_templates_sum_one_new_row_per_parent_bank() -> None:
+    _, _, gm, _ = fused_wrn(cross_init="zero", cross_templates="union")
+    blocks = next(lift["blocks"] for lift in gm.meta["growc"]["fuse"]["lifts"] if lift["target"] == "block1.0.conv1")
+    assert blocks[0][1] == ["p0_bank1[1]", "p1_bank1[1]"] and blocks[1][0] == ["p0_bank1[2]", "p1_bank1[2]"]
+
+
+def test_mean_head_averages_logits() -> None:
+    a, b, gm, x = fused_wrn(cross_init="zero", head="mean")
+    assert_same_function(Ensemble([a, b], "mean"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
+    assert gm.fc.scale == 0.5
+
+
+def test_fused_model_trains_and_every_parameter_gets_a_gradient() -> None:
+    _, _, gm, x = fused_wrn()
+    optimizer = torch.optim.SGD(growc.param_groups(gm, 5e-4), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(gm(x), torch.arange(4) % 5)
+    loss.backward()
+    assert all(p.grad is not None for p in gm.parameters())
+    optimizer.step()
+
+
+def test_ddp_wraps_the_fused_model_without_unused_parameters(tmp_path) -> None:
+    import torch.distributed as dist
+
+    _, _, gm, x = fused_wrn()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(gm)
+        for _ in range(2):  # a second step fails if a parameter went unused in the first
+            ddp(x).sum().backward()
+    finally:
+        dist.destroy_process_group()
+
+
+class Gated(nn.Module):
+    """Broadcast operands, channel cat, LayerNorm over channels (fallback) and a channel shuffle (fallback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        mask = (x[:, :1] > 0).float()  # shared [B, 1, H, W]: broadcast over channels, never duplicated
+        y = torch.cat([y * mask, torch.relu(y)], dim=1)
+        b, c, h, w = y.shape
+        y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)  # channel shuffle
+        y = self.ln(y.mean((2, 3)))
+        return self.fc(y)
+
+
+def test_broadcast_cat_and_exact_fallbacks_are_reported() -> None:
+    torch.manual_seed(0)
+    a = Gated()
+    torch.manual_seed(1)
+    b = Gated()
+    x = torch.randn(2, 3, 5, 5)
+    gm = growc.fuse([a, b], (x,), cross_init="zero")
+    assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
+    fallbacks = {f["target"] for f in gm.meta["growc"]["fuse"]["fallbacks"]}
+    assert {"view", "transpose", "LayerNorm"} <= fallbacks
+    assert "mul" not in fallbacks and "cat" not in fallbacks
+
+
+def test_parents_of_different_architectures_are_refused() -> None:
+    x = torch.randn(1, 2)
+    narrow, wide = (nn.Sequential(nn.Linear(2, w), nn.ReLU(), nn.Linear(w, 2)) for w in (3, 4))
+    with pytest.raises(growc.GrowcError, match=r"^parent 1's '0\.bias' has shape \(4,\), parent 0's \(3,\)$"):
+        growc.fuse([narrow, wide], (x,))
+    deeper = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 2))
+    with pytest.raises(
+        growc.GrowcError,
+        match=r"^parent 1 differs from parent 0 at node #2: call_module '1 \(MixedLinear\)' vs call_module '1 \(ReLU\)'",
+    ):
+        growc.fuse([narrow, deeper], (x,))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cross_init": "ones"}, "cross_init must be 'orthogonal', 'zero', 'random' or 'copy', got 'ones'"),
+        ({"cross_templates": "all"}, "cross_templates must be 'own' or 'union', got 'all'"),
+        ({"head": "max"}, "head must be 'sum' or 'mean', got 'max'"),
+        ({"cross_scale": float("nan")}, "cross_scale must be a finite number, got nan"),
+    ],
+)
+def test_bad_options(kwargs, message) -> None:
+    with pytest.raises(growc.GrowcConfigError, match="^" + message + "$"):
+        growc.fuse([nn.Linear(2, 2), nn.Linear(2, 2)], (torch.randn(1, 2),), **kwargs)
+
+
+def test_one_parent_is_refused() -> None:
+    with pytest.raises(growc.GrowcConfigError, match="fuse needs at least 2 parents, got 1"):
+        growc.fuse([nn.Linear(2, 2)], (torch.randn(1, 2),))
+
+
+def test_templatized_parents_are_used_as_they_are() -> None:
+    torch.manual_seed(0)
+    a, b = WideResNet(10, 1), WideResNet(10, 1)
+    x = torch.randn(2, 3, 32, 32)
+    ta = growc.templatize(a, (x,), sharing="shape", templates=3)
+    tb = growc.templatize(b, (x,), sharing="shape", templates=3)
+    gm = growc.fuse([ta, tb], (x,), cross_init="zero")
+    assert gm.meta["growc"]["fuse"]["templatize"] is None
+    assert gm.growc_banks["p0_bank1"].num_templates == 3
+    assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
