@@ -221,10 +221,8 @@ def test_parents_of_different_architectures_are_refused() -> None:
     with pytest.raises(growc.GrowcError, match=r"^parent 1's '0\.bias' has shape \(4,\), parent 0's \(3,\)$"):
         growc.fuse([narrow, wide], (x,))
     deeper = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 2))
-    with pytest.raises(
-        growc.GrowcError,
-        match=r"^parent 1 differs from parent 0 at node #2: call_module '1 \(MixedLinear\)' vs call_module '1 \(ReLU\)'",
-    ):
+    message = r"^parent 1 differs from parent 0 at node #2: call_module '1 \(MixedLinear\)' vs call_module '1 \(ReLU"
+    with pytest.raises(growc.GrowcError, match=message):
         growc.fuse([narrow, deeper], (x,))
 
 
