@@ -8,7 +8,8 @@ SGD step) of plain vs templatized ResNet-18, interleaved step by step so both se
     python benchmarks/compile.py                 # full run, writes benchmarks/results/compile.json
     python benchmarks/compile.py --quick         # small inputs, fewer repeats: a smoke run
 
-Targets: ResNet-50 templatize < 0.5 s on 2 CPU cores; templatized ResNet-18 training step <= 1.10x plain.
+Targets: ResNet-50 templatize < 0.5 s on 2 CPU cores; templatized ResNet-18 training step <= 1.10x plain; fusing
+two ResNet-50s < 1 s ("plain parents" includes templatizing both; "templatized parents" is the fuse pass alone).
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ def compile_times(name: str, size: int, repeats: int) -> dict[str, float]:
         - _median_time(lambda: growc.templatize(model, (x,), verify=False), repeats),
         "nodes": len(traced.graph.nodes),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
+def fuse_times(name: str, size: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    a, b = (torchvision.models.get_model(name, weights=None) for _ in range(2))
+    x = torch.randn(1, 3, size, size)
+    ta = growc.templatize(a, (x,), verify=False)
+    tb = growc.templatize(b, (x,), verify=False, seed=1)
+    growc.fuse([ta, tb], (x,), verify=False)  # warm-up
+    return {
+        "fuse_templatized_s": _median_time(lambda: growc.fuse([ta, tb], (x,), verify=False), repeats),
+        "fuse_plain_s": _median_time(lambda: growc.fuse([a, b], (x,), verify=False), repeats),
     }
 
 
@@ -116,6 +130,13 @@ def main() -> None:
             f"{name:<20} {r['nodes']:>5} {r['params_m']:>7.1f}M {r['trace_s']:>7.3f}s {r['analysis_s']:>8.3f}s "
             f"{r['templatize_s']:>10.3f}s {r['verify_s']:>7.3f}s"
         )
+    print(f"\nfuse two parents, median of {args.repeats}, input 1x3x{args.size}x{args.size}")
+    print(f"{'model':<20} {'templatized parents':>20} {'plain parents':>14}")
+    results["fuse"] = {}
+    for name in ("resnet18", "resnet50"):
+        r = fuse_times(name, args.size, args.repeats)
+        results["fuse"][name] = r  # type: ignore[index]
+        print(f"{name:<20} {r['fuse_templatized_s']:>19.3f}s {r['fuse_plain_s']:>13.3f}s")
     print(f"\ntraining step, ResNet-18, batch {args.batch}, {args.step_size}x{args.step_size}, median of {args.steps}")
     print(f"{'sharing':<8} {'plain':>8} {'templatized':>12} {'ratio':>6}")
     for sharing in ("layer", "shape"):

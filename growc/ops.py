@@ -75,7 +75,11 @@ class TemplateBank(nn.Module):
         """``coefficients @ templates`` in at least fp32, outside autocast; one matmul whatever the row count."""
         templates = self.templates
         dtype = torch.promote_types(templates.dtype, torch.float32)
-        with torch.autocast(templates.device.type, enabled=False):
+        device = templates.device.type
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                flat = coefficients.to(dtype) @ templates.flatten(1).to(dtype)
+        else:  # no autocast region to leave (and none exists for meta tensors during shape analysis)
             flat = coefficients.to(dtype) @ templates.flatten(1).to(dtype)
         return flat.to(templates.dtype)
 
