@@ -73,3 +73,22 @@ def test_materialize_on_cuda_matches() -> None:
     plain = growc.materialize(gm)
     assert all(p.is_cuda for p in plain.parameters())
     assert_same_function(gm, plain, (x.cuda(),), rtol=1e-4, atol=1e-4, mode="both")
+
+
+def test_fused_model_on_cuda_compiles_and_matches() -> None:
+    torch.manual_seed(0)
+    a, b = WideResNet(10, 1, num_classes=10), WideResNet(10, 1, num_classes=10)
+    x = torch.randn(8, 3, 32, 32)
+    gm = growc.fuse([a, b], (x,), cross_init="orthogonal")
+    cuda = copy.deepcopy(gm).cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(cuda.eval()(x.cuda()).cpu(), gm.eval()(x), rtol=1e-4, atol=1e-4)
+    assert_same_function(cuda, torch.compile(cuda), (x.cuda(),), rtol=1e-4, atol=1e-4, mode="train")
+    cuda.train()
+    loss = torch.nn.functional.cross_entropy(cuda(x.cuda()), torch.arange(8, device="cuda") % 10)
+    loss.backward()
+    assert all(p.grad is not None for p in cuda.parameters())
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        low = cuda.eval()(x.cuda())
+    assert growc.max_abs_rel_error(cuda(x.cuda()), low.float())[1] < 5e-2
+    assert_same_function(cuda, growc.materialize(cuda), (x.cuda(),), rtol=1e-4, atol=1e-4, mode="both")
