@@ -14,6 +14,15 @@ from growc.testing import assert_same_function
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(autouse=True)
+def _full_fp32() -> object:
+    """CUDA convs and matmuls default to TF32 (about 1e-3 relative): compare in full fp32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _model_and_input() -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     return WideResNet(10, 2, num_classes=10), torch.randn(8, 3, 32, 32)
