@@ -19,7 +19,7 @@ from .ops import (
     param_groups,
     param_roles,
 )
-from .passes import fuse, materialize, templatize
+from .passes import fuse, materialize, templatize, widen
 from .pipeline import Pipeline
 from .trace import trace
 
@@ -47,4 +47,5 @@ __all__ = [
     "propagate_shapes",
     "templatize",
     "trace",
+    "widen",
 ]

@@ -3,10 +3,12 @@
 * :func:`templatize` - weighted ops -> template-mixed ops over shared banks.
 * :func:`materialize` - template-mixed ops -> plain ``nn.Conv*``/``nn.Linear`` with the generated weights.
 * :func:`fuse` - n parents of one architecture -> one wider network (MixtureGrowth).
+* :func:`widen` - one model -> a wider one (MixtureGrowth or the Net2Net/zero/random baselines).
 """
 
 from .fuse import fuse
 from .materialize import materialize
 from .templatize import templatize
+from .widen import widen
 
-__all__ = ["fuse", "materialize", "templatize"]
+__all__ = ["fuse", "materialize", "templatize", "widen"]

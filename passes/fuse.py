@@ -44,6 +44,7 @@ from growc.analysis import TensorInfo, max_abs_rel_error, propagate_shapes
 from growc.errors import GrowcConfigError, GrowcError
 from growc.ops import (
     GENERATED_TYPES,
+    GRID_TYPES,
     GridConv1d,
     GridConv2d,
     GridConv3d,
@@ -60,7 +61,7 @@ from growc.trace import graph_module
 
 from .templatize import templatize
 
-__all__ = ["fuse"]
+__all__ = ["fuse", "fuse_templated"]
 
 CrossInit = Literal["orthogonal", "zero", "random", "copy"]
 
@@ -69,6 +70,20 @@ _GRID_OF: dict[type[nn.Module], type[nn.Module]] = {
     MixedConv2d: GridConv2d,
     MixedConv3d: GridConv3d,
 }
+_CONV_DIM = {1: MixedConv1d, 2: MixedConv2d, 3: MixedConv3d}
+
+
+def _plain_conv_type(module: nn.Module) -> type[nn.Module]:
+    return _CONV_DIM[module._dim]
+
+
+def _as_grid(layer: nn.Module) -> list[list[list[Term]]]:
+    """A parent's weighted layer as a grid of blocks: a mixed layer is a 1 x 1 grid of its own bank row."""
+    if isinstance(layer, GRID_TYPES):
+        return layer.blocks
+    return [[[(layer.bank, layer.index)]]]
+
+
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
     nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -150,9 +165,14 @@ class _Fuser:
         self.per_parent = nn.ModuleDict({f"p{i}": nn.Module() for i in range(self.n)})
         self.bank_names: dict[int, str] = {}
         self.weighted: dict[tuple[str, str], str] = {}  # (parent target, lift) -> installed fused module
+        self.cross_by_block: dict[tuple[int, int], str] = {}  # per (row parent, column parent) cross init
+        self.interior_scale = 1.0  # net2net widening divides the replicated inputs' weights by n
+        self.copy_noise = 0.01
         self.biases: dict[str, nn.Parameter] = {}
         for i, parent in enumerate(parents):
             for name, bank in getattr(parent, "growc_banks", nn.ModuleDict()).items():
+                if id(bank) in self.bank_names:  # parents sharing templates (single-parent widening)
+                    continue
                 key = f"p{i}_{name}"
                 self.banks[key] = bank
                 self.bank_names[id(bank)] = key
@@ -247,6 +267,8 @@ class _Fuser:
                 return self.parts(value)[0]
             parts = self.parts(value)
             total = parts[0]
+            if self.head == "first":
+                return total
             for part in parts[1:]:
                 total = self.graph.call_function(operator.add, (total, part))
             if self.head == "mean":
@@ -257,7 +279,7 @@ class _Fuser:
 
     def op_call_module(self, node: fx.Node) -> _Value:
         module = self.parents[0].get_submodule(str(node.target))
-        if isinstance(module, (*_GRID_OF, MixedLinear)):
+        if isinstance(module, (*_GRID_OF, MixedLinear, *GRID_TYPES)):
             return self.lift_weighted(node, module)
         args = [a for a in node.args if isinstance(a, fx.Node)]
         stateless = not isinstance(module, GENERATED_TYPES) and not any(
@@ -454,16 +476,16 @@ class _Fuser:
 
     # ---- weighted ops --------------------------------------------------------------------------------------
 
-    def new_row(self, bank: TemplateBank, copy_row: int) -> tuple[int, dict[str, Any]]:
+    def new_row(self, bank: TemplateBank, copy_row: int, init: str) -> tuple[int, dict[str, Any]]:
         existing = bank.coefficients.detach().to("cpu", torch.float64)
         k = existing.shape[1]
-        info: dict[str, Any] = {"bank": self.bank_names[id(bank)], "init": self.cross_init}
-        if self.cross_init == "zero":
+        info: dict[str, Any] = {"bank": self.bank_names[id(bank)], "init": init}
+        if init == "zero":
             row = torch.zeros(k, dtype=torch.float64)
-        elif self.cross_init == "random":
+        elif init == "random":
             row = (torch.rand(k, generator=self.generator, dtype=torch.float64) * 2 - 1) * self.cross_scale
-        elif self.cross_init == "copy":
-            noise = torch.randn(k, generator=self.generator, dtype=torch.float64) * 0.01
+        elif init == "copy":
+            noise = torch.randn(k, generator=self.generator, dtype=torch.float64) * self.copy_noise
             row = existing[copy_row] * self.cross_scale + noise
         else:  # orthogonal: the last right-singular vector of every row the bank already has
             _, s, vh = torch.linalg.svd(existing, full_matrices=True)
@@ -480,20 +502,18 @@ class _Fuser:
         return index, info
 
     def lift_weighted(self, node: fx.Node, module: nn.Module) -> _Value:
+        """A template-mixed layer (or an already grown grid, for multi-step growth) becomes a grid of grids."""
         target = str(node.target)
         layers = [p.get_submodule(target) for p in self.parents]
         (arg,) = node.args
         value = self.env[arg]
-        linear = isinstance(module, MixedLinear)
-        in_info = _tensor_info(arg)
-        axis = (len(in_info.shape) - 1) if linear else 1
+        linear = isinstance(module, (MixedLinear, GridLinear))
+        axis = (len(_tensor_info(arg).shape) - 1) if linear else 1
         groups = 1 if linear else module.groups
         n = self.n
-        own = [[(layer.bank, layer.index)] for layer in layers]
-        bias_params = [layer.bias for layer in layers]
+        grids = [_as_grid(layer) for layer in layers]
         users = list(node.users)
         is_head = value.kind != "S" and len(users) == 1 and users[0].op == "output" and groups == 1
-        report: dict[str, Any] = {"node": node.name, "target": target}
         kind = "stem" if value.kind == "S" else "head" if is_head else "grouped" if groups != 1 else "grid"
         if kind == "stem" and groups != 1:
             return self.fallback(node)
@@ -502,72 +522,96 @@ class _Fuser:
             x = value.node if kind == "stem" else self.fused(value, axis)
             new = self.graph.call_module(self.weighted[(target, kind)], (x,))
             return _Value("S", new) if kind == "head" else _Value("F", new, out_axis)
-        if kind == "stem":
-            blocks = [[own[i]] for i in range(n)]
+        report: dict[str, Any] = {"node": node.name, "target": target, "lift": kind}
+        parent_scale = getattr(module, "scale", 1.0)
+        bias_params = [layer.bias for layer in layers]
+        in_size, out_size, new_groups, scale = n, n, groups, parent_scale
+        if kind in ("stem", "grouped"):  # parents stacked along outputs, no cross blocks
+            blocks = [row for grid in grids for row in grid]
             bias = self.joined_bias(target, bias_params)
-            in_size, out_size, new_groups, scale = None, n, groups, 1.0
-            x = value.node
-        elif kind == "head":
-            blocks = [[own[j][0:1] for j in range(n)]]
-            bias = self.summed_bias(bias_params)
-            in_size, out_size, new_groups = n, None, 1
-            scale = 1.0 if self.head == "sum" else 1.0 / n
-            x = self.fused(value, axis)
-        elif kind == "grouped":
-            blocks = [[own[i]] for i in range(n)]
-            bias = self.joined_bias(target, bias_params)
-            in_size, out_size, new_groups, scale = n, n, groups * n, 1.0
-            x = self.fused(value, axis)
-        else:
+            in_size = 1 if kind == "stem" else n
+            new_groups = groups * (n if kind == "grouped" else 1)
+        elif kind == "head":  # parents side by side along inputs
             cross: list[dict[str, Any]] = []
+            row: list[list[Term]] = list(grids[0][0])
+            for j in range(1, n):
+                if self.head == "first":  # only parent 0 reads out: the others' columns are new zero rows
+                    row += [
+                        self.cross_block(grids[j][0][c], j, 0, "zero", cross, [0, j]) for c in range(len(grids[j][0]))
+                    ]
+                else:
+                    row += grids[j][0]
+            blocks = [row]
+            report["cross"] = cross
+            bias = self.summed_bias(bias_params)
+            out_size = 1
+            scale = parent_scale / n if self.head == "mean" else parent_scale
+        else:  # interior: the parents on the diagonal, new coefficient rows off it
+            cross = []
             blocks = []
             for i in range(n):
-                row = []
-                for j in range(n):
-                    if i == j:
-                        row.append(own[i])
-                        continue
-                    source = range(n) if self.cross_templates == "union" else [i]
-                    terms: list[Term] = []
-                    for p in source:
-                        index, info = self.new_row(layers[p].bank, layers[p].index)
-                        terms.append((layers[p].bank, index))
-                        cross.append({"block": [i, j], **info})
-                    row.append(terms)
-                blocks.append(row)
+                for r, parent_row in enumerate(grids[i]):
+                    row = []
+                    for j in range(n):
+                        if i == j:
+                            row += parent_row
+                            continue
+                        init = self.cross_by_block.get((i, j), self.cross_init)
+                        for c in range(len(parent_row)):
+                            where = [i * len(grids[i]) + r, j * len(parent_row) + c]
+                            sources = (
+                                [grids[p][r][c] for p in range(n)]
+                                if self.cross_templates == "union"
+                                else [parent_row[c]]
+                            )
+                            terms: list[Term] = []
+                            for source in sources:
+                                terms += self.cross_block(source, i, j, init, cross, where)
+                            row.append(terms)
+                    blocks.append(row)
             report["cross"] = cross
             bias = self.joined_bias(target, bias_params)
-            in_size, out_size, new_groups, scale = n, n, 1, 1.0
-            x = self.fused(value, axis)
+            scale = parent_scale * self.interior_scale
         if linear:
             grid = GridLinear(
                 blocks,
                 bias,
-                in_features=module.in_features * (in_size or 1),
-                out_features=module.out_features * (out_size or 1),
+                in_features=module.in_features * in_size,
+                out_features=module.out_features * out_size,
                 scale=scale,
             )
         else:
-            grid = _GRID_OF[type(module)](
+            grid = _GRID_OF[_plain_conv_type(module)](
                 blocks,
                 bias,
                 module,
-                in_channels=module.in_channels * (in_size or 1),
-                out_channels=module.out_channels * (out_size or 1),
+                in_channels=module.in_channels * in_size,
+                out_channels=module.out_channels * out_size,
                 groups=new_groups,
                 scale=scale,
             )
         grid.train(module.training)
         installed = target if not any(t == target for t, _ in self.weighted) else f"{target}_{kind}"
         self.weighted[(target, kind)] = self.add_fused_module(installed, grid)
-        new = self.graph.call_module(self.weighted[(target, kind)], (x,))
+        new = self.graph.call_module(self.weighted[(target, kind)], (self.weighted_input(value, kind, axis),))
         new.meta["growc"] = {"fuse": {"lift": kind}}
-        report["lift"] = kind
         report["blocks"] = [[[f"{self.bank_names[id(b)]}[{r}]" for b, r in terms] for terms in row] for row in blocks]
         self.lifts.append(report)
         if kind == "head":
             return _Value("S", new)
         return _Value("F", new, out_axis)
+
+    def weighted_input(self, value: _Value, kind: str, axis: int) -> fx.Node:
+        return value.node if kind == "stem" else self.fused(value, axis)
+
+    def cross_block(
+        self, source: list[Term], i: int, j: int, init: str, report: list[dict[str, Any]], where: list[int]
+    ) -> list[Term]:
+        """A new coefficient row over the templates of ``source``'s first term (the row parent's bank)."""
+        bank, row = source[0]
+        index, info = self.new_row(bank, row, init)
+        report.append({"block": where, **info})
+        return [(bank, index)]
 
     def joined_bias(self, target: str, biases: list[nn.Parameter | None]) -> nn.Parameter | None:
         """The parents' biases concatenated: one Parameter per parent module, however often it is lifted."""
@@ -581,6 +625,8 @@ class _Fuser:
     def summed_bias(self, biases: list[nn.Parameter | None]) -> nn.Parameter | None:
         if biases[0] is None:
             return None
+        if self.head == "first":  # only parent 0 reads out
+            return nn.Parameter(biases[0].detach().clone(), requires_grad=biases[0].requires_grad)
         total = torch.stack([b.detach() for b in biases]).sum(0)
         if self.head == "mean":
             total = total / self.n
@@ -698,18 +744,16 @@ def fuse(
         copy.deepcopy(p) if _is_templatized(p) else templatize(p, example_inputs, seed=seed + i, **options)
         for i, p in enumerate(parents)
     ]
-    _check_same_architecture(templated)
     parent_params = [sum(p.numel() for p in t.parameters()) for t in templated]
-    propagate_shapes(templated[0], example_inputs)
-    fuser = _Fuser(
+    gm, fuser = fuse_templated(
         templated,
+        example_inputs,
         cross_init=cross_init,
         cross_scale=float(cross_scale),
         cross_templates=cross_templates,
         head=head,
-        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
     )
-    gm = fuser.run()
     report: dict[str, Any] = {
         "parents": len(parents),
         "cross_init": cross_init,
@@ -728,6 +772,33 @@ def fuse(
     return gm
 
 
+def fuse_templated(
+    templated: list[fx.GraphModule],
+    example_inputs: tuple[Any, ...],
+    *,
+    cross_init: str,
+    cross_scale: float,
+    cross_templates: str,
+    head: str,
+    seed: int,
+    configure: Callable[[_Fuser], None] | None = None,
+) -> tuple[fx.GraphModule, _Fuser]:
+    """The fusion itself, on templatized parents this call may consume (their banks become the result's)."""
+    _check_same_architecture(templated)
+    propagate_shapes(templated[0], example_inputs)
+    fuser = _Fuser(
+        templated,
+        cross_init=cross_init,
+        cross_scale=cross_scale,
+        cross_templates=cross_templates,
+        head=head,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if configure is not None:
+        configure(fuser)
+    return fuser.run(), fuser
+
+
 def _verify(parents: list[nn.Module], gm: nn.Module, example_inputs: tuple[Any, ...], head: str) -> dict[str, Any]:
     modules = [*parents, gm]
     flags = [(m, m.training) for module in modules for m in module.modules()]
@@ -735,7 +806,7 @@ def _verify(parents: list[nn.Module], gm: nn.Module, example_inputs: tuple[Any, 
         for module in modules:
             module.eval()
         with torch.no_grad():
-            outputs = [p(*example_inputs) for p in parents]
+            outputs = [p(*example_inputs) for p in (parents[:1] if head == "first" else parents)]
             expected = outputs[0]
             for out in outputs[1:]:
                 expected = torch.utils._pytree.tree_map(operator.add, expected, out)
@@ -745,4 +816,5 @@ def _verify(parents: list[nn.Module], gm: nn.Module, example_inputs: tuple[Any, 
     finally:
         for module, flag in flags:
             module.training = flag
-    return {"against": f"parents' {head}", "max_abs": max_abs, "max_rel": max_rel, "mode": "eval"}
+    against = "parent 0" if head == "first" else f"parents' {head}"
+    return {"against": against, "max_abs": max_abs, "max_rel": max_rel, "mode": "eval"}

@@ -1,0 +1,148 @@
+"""The ``widen`` pass: one model grows ``factor`` times wider, by MixtureGrowth or by a baseline operator.
+
+Every method runs the fusion machinery of :mod:`growc.passes.fuse` (same lifts, same exact fallback), with the
+model as parent 0 and ``factor - 1`` derived parents, so baselines compare like with like:
+
+* ``net2net``: the new channels replicate the old ones and every weight reading the replicated channels is
+  divided by the factor (Net2Net's widening). Function-preserving in train and eval mode.
+* ``zero``: the new channels get fresh weights (Kaiming templates, orthogonal coefficients), and every block from
+  new channels to old ones, and the head's new columns, is zero: the old channels never see the new ones.
+  Function-preserving.
+* ``random``: fresh new channels and random cross blocks (uniform in [-1, 1]); logits summed. Not preserving:
+  the random-growth baseline.
+* ``mixture``: the new channels' weights are *new coefficient rows over the model's own templates* (orthogonal to
+  the rows the banks hold), and so are the cross blocks; logits summed. MixtureGrowth with one parent.
+
+The factor composes: ``widen(widen(m, x, factor=2), x, factor=2)`` is four times as wide, with the first
+growth's templates and coefficients carried through (multi-step growth, 0.25 -> 0.5 -> 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import fx, nn
+
+from growc.errors import GrowcConfigError, GrowcPassError
+from growc.ops import GRID_TYPES, MixedWeight, TemplateBank, _Mixed
+from growc.pipeline import finish_pass
+
+from .fuse import _Fuser, _is_templatized, _verify, fuse_templated
+from .templatize import templatize
+
+__all__ = ["widen"]
+
+Method = Literal["mixture", "net2net", "random", "zero"]
+PRESERVING = ("net2net", "zero")
+
+
+def _fresh(model: fx.GraphModule, generator: torch.Generator) -> fx.GraphModule:
+    """A copy whose banks are re-initialized the reference's way: Kaiming templates, orthogonal coefficients."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for bank in out.growc_banks.values():
+            shape = bank.weight_shape
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+            templates = torch.randn(bank.templates.shape, generator=generator) * math.sqrt(2.0 / max(fan_in, 1))
+            bank.templates.copy_(templates)
+            coefficients = torch.empty(bank.coefficients.shape)
+            nn.init.orthogonal_(coefficients, generator=generator)
+            bank.coefficients.copy_(coefficients)
+    return out
+
+
+def _orthogonal_row(bank: TemplateBank) -> int:
+    existing = bank.coefficients.detach().to("cpu", torch.float64)
+    _, _, vh = torch.linalg.svd(existing, full_matrices=True)
+    return bank.add_rows(vh[-1][None])[0]
+
+
+def _on_own_templates(model: fx.GraphModule) -> fx.GraphModule:
+    """A copy that shares ``model``'s banks and whose every layer reads a new (orthogonal) row of them."""
+    memo: dict[int, Any] = {id(bank): bank for bank in model.growc_banks.values()}
+    out = copy.deepcopy(model, memo)
+    for module in out.modules():
+        if isinstance(module, (_Mixed, MixedWeight)):
+            module.index = _orthogonal_row(module.bank)
+        elif isinstance(module, GRID_TYPES):
+            for row in module.blocks:
+                for terms in row:
+                    terms[:] = [(bank, _orthogonal_row(bank)) for bank, _ in terms]
+    return out
+
+
+def widen(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    *,
+    factor: int = 2,
+    method: Method = "mixture",
+    seed: int = 0,
+    templatize_options: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> fx.GraphModule:
+    """Return ``model`` grown ``factor`` times wider by ``method`` (see the module docstring).
+
+    ``model`` may be plain (templatized first with ``templatize_options``), templatized, or already grown.
+    ``gm.meta["growc"]["widen"]`` holds the fusion report plus ``method``, ``factor`` and, with ``verify``, the
+    output against ``model`` (``net2net`` and ``zero`` must match it: a difference above 1e-5 raises).
+    """
+    if method not in ("mixture", "net2net", "random", "zero"):
+        raise GrowcConfigError(f"method must be 'mixture', 'net2net', 'random' or 'zero', got {method!r}")
+    if not isinstance(factor, int) or factor < 2:
+        raise GrowcConfigError(f"factor must be an integer >= 2, got {factor!r}")
+    example_inputs = tuple(example_inputs)
+    options = {"sharing": "layer", "templates": 2, "init": "exact", **(templatize_options or {})}
+    base = copy.deepcopy(model) if _is_templatized(model) else templatize(model, example_inputs, seed=seed, **options)
+    params_before = sum(p.numel() for p in base.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    if method == "net2net":
+        parents = [base] + [copy.deepcopy(base) for _ in range(factor - 1)]
+        cross_init, head = "copy", "mean"
+    elif method == "mixture":
+        parents = [base] + [_on_own_templates(base) for _ in range(factor - 1)]
+        cross_init, head = "orthogonal", "sum"
+    else:
+        parents = [base] + [_fresh(base, generator) for _ in range(factor - 1)]
+        cross_init, head = ("random", "sum") if method == "random" else ("random", "first")
+
+    def configure(fuser: _Fuser) -> None:
+        if method == "net2net":
+            fuser.copy_noise = 0.0
+            fuser.interior_scale = 1.0 / factor
+        if method == "zero":
+            fuser.cross_by_block = {(0, j): "zero" for j in range(1, factor)}
+
+    gm, fuser = fuse_templated(
+        parents,
+        example_inputs,
+        cross_init=cross_init,
+        cross_scale=1.0,
+        cross_templates="own",
+        head=head,
+        seed=seed,
+        configure=configure,
+    )
+    report: dict[str, Any] = {
+        "method": method,
+        "factor": factor,
+        "seed": seed,
+        "templatize": None if _is_templatized(model) else options,
+        "lifts": fuser.lifts,
+        "fallbacks": fuser.fallbacks,
+        "params": {"before": params_before, "after": sum(p.numel() for p in gm.parameters())},
+    }
+    finish_pass(gm, "widen", report)
+    if verify:
+        output = _verify([base], gm, example_inputs, "first")
+        output["against"] = "the model"
+        report["output"] = output
+        if method in PRESERVING and not output["max_rel"] <= 1e-5:
+            raise GrowcPassError(
+                f"widen(method={method!r}) changed the model's function: max rel error {output['max_rel']:.3e}"
+            )
+    return gm

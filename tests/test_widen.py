@@ -1,0 +1,115 @@
+"""The widen pass: single-parent growth by MixtureGrowth and the baseline operators, and multi-step growth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import growc
+from growc.models import WideResNet
+from growc.ops import GridConv2d
+from growc.testing import ALL_FEATURES, assert_same_function, cnn_models
+from helpers import assert_unchanged, snapshot
+
+NO_RANDOMNESS = ALL_FEATURES - {"dropout"}
+
+
+@settings(max_examples=12)
+@given(cnn_models(features=NO_RANDOMNESS), st.sampled_from(["net2net", "zero"]), st.integers(2, 3))
+def test_net2net_and_zero_preserve_the_function(generated, method, factor) -> None:
+    model = generated.build()
+    before = snapshot(model)
+    gm = growc.widen(model, generated.inputs, method=method, factor=factor)
+    assert_unchanged(model, before)
+    assert_same_function(model, gm, generated.inputs, rtol=1e-5, atol=1e-5, mode="both")
+
+
+@settings(max_examples=8)
+@given(cnn_models(features=NO_RANDOMNESS, max_blocks=3))
+def test_growth_composes_and_carries_templates(generated) -> None:
+    model = generated.build()
+    once = growc.widen(model, generated.inputs, method="net2net")
+    twice = growc.widen(once, generated.inputs, method="net2net")
+    assert_same_function(model, twice, generated.inputs, rtol=1e-5, atol=1e-5, mode="both")
+    assert set(once.growc_banks) <= {name.removeprefix("p0_") for name in twice.growc_banks}
+
+
+def wrn() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return WideResNet(10, 1, num_classes=5), torch.randn(4, 3, 32, 32)
+
+
+def test_widths_and_layouts() -> None:
+    model, x = wrn()
+    for method in ("mixture", "net2net", "random", "zero"):
+        gm = growc.widen(model, (x,), method=method)
+        conv = gm.get_submodule("block1.0.conv1")
+        assert isinstance(conv, GridConv2d) and (conv.in_channels, conv.out_channels) == (32, 32)
+        assert gm(x).shape == (4, 5)
+        assert gm.meta["growc"]["widen"]["method"] == method
+
+
+def test_mixture_grows_over_the_models_own_templates() -> None:
+    model, x = wrn()
+    gm = growc.widen(model, (x,), method="mixture")
+    lifts = gm.meta["growc"]["widen"]["lifts"]
+    blocks = next(lift["blocks"] for lift in lifts if lift["target"] == "block1.0.conv1")
+    banks = {term.split("[")[0] for row in blocks for block in row for term in block}
+    assert banks == {"p0_bank1"}  # every block, the new diagonal one too, mixes the model's own templates
+    assert len(gm.growc_banks) == len(growc.templatize(model, (x,)).growc_banks)
+    assert gm.meta["growc"]["widen"]["output"]["max_rel"] > 1e-3  # new blocks change the function
+
+
+def test_zero_keeps_new_channels_out_of_old_ones() -> None:
+    model, x = wrn()
+    gm = growc.widen(model, (x,), method="zero")
+    w = gm.get_submodule("block1.0.conv1").weight.detach()
+    assert w[:16, 16:].abs().sum() == 0 and w[16:, :16].abs().sum() > 0
+    head = gm.get_submodule("fc").weight.detach()
+    assert head[:, 64:].abs().sum() == 0
+
+
+def test_net2net_replicates_channels() -> None:
+    model, x = wrn()
+    gm = growc.widen(model, (x,), method="net2net")
+    w = gm.get_submodule("block1.0.conv1").weight.detach()
+    torch.testing.assert_close(w[:16, :16], w[16:, 16:])
+    torch.testing.assert_close(w[:16, :16] * 2, model.block1[0].conv1.weight.detach())
+
+
+def test_random_changes_the_function_and_is_seeded() -> None:
+    model, x = wrn()
+    a = growc.widen(model, (x,), method="random", seed=1)
+    b = growc.widen(model, (x,), method="random", seed=1)
+    assert a.meta["growc"]["widen"]["output"]["max_rel"] > 1e-3
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "double"}, "method must be 'mixture', 'net2net', 'random' or 'zero', got 'double'"),
+        ({"factor": 1}, "factor must be an integer >= 2, got 1"),
+        ({"factor": 1.5}, "factor must be an integer >= 2, got 1.5"),
+    ],
+)
+def test_bad_options(kwargs, message) -> None:
+    with pytest.raises(growc.GrowcConfigError, match="^" + message.replace(".", r"\.") + "$"):
+        growc.widen(nn.Linear(2, 2), (torch.randn(1, 2),), **kwargs)
+
+
+def test_quarter_half_full_with_fuse_then_widen() -> None:
+    """The reference's unfinished multi-step growth: 0.25 -> 0.5 (fuse two parents) -> 1 (widen)."""
+    torch.manual_seed(0)
+    a, b = WideResNet(10, 1, num_classes=5), WideResNet(10, 1, num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    half = growc.fuse([a, b], (x,), cross_init="zero")
+    full = growc.widen(half, (x,), method="net2net")
+    assert full.get_submodule("block3.0.conv2").out_channels == 4 * 64
+    with torch.no_grad():
+        torch.testing.assert_close(full.eval()(x), a.eval()(x) + b.eval()(x), rtol=1e-4, atol=1e-4)
+    assert_same_function(half, growc.materialize(full), (x,), rtol=1e-4, atol=1e-4, mode="both")
