@@ -19,7 +19,7 @@ from .ops import (
     param_groups,
     param_roles,
 )
-from .passes import fuse, materialize, templatize, widen
+from .passes import analyze_channels, fuse, materialize, templatize, widen
 from .pipeline import Pipeline
 from .trace import trace
 
@@ -39,6 +39,7 @@ __all__ = [
     "TemplateBank",
     "TensorInfo",
     "__version__",
+    "analyze_channels",
     "fuse",
     "materialize",
     "max_abs_rel_error",

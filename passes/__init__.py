@@ -4,11 +4,13 @@
 * :func:`materialize` - template-mixed ops -> plain ``nn.Conv*``/``nn.Linear`` with the generated weights.
 * :func:`fuse` - n parents of one architecture -> one wider network (MixtureGrowth).
 * :func:`widen` - one model -> a wider one (MixtureGrowth or the Net2Net/zero/random baselines).
+* :func:`analyze_channels` - channel axes, shared tensors, stems, heads and coupled channel groups (an analysis).
 """
 
+from .channels import ChannelAnalysis, ChannelGroup, analyze_channels
 from .fuse import fuse
 from .materialize import materialize
 from .templatize import templatize
 from .widen import widen
 
-__all__ = ["fuse", "materialize", "templatize", "widen"]
+__all__ = ["ChannelAnalysis", "ChannelGroup", "analyze_channels", "fuse", "materialize", "templatize", "widen"]
