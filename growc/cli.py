@@ -67,20 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trace MODEL with torch.fx, rewrite every Conv/Linear weight as a mix of shared templates, "
         "check the result against the model on a random input and print the report.",
     )
-    t.add_argument(
-        "model",
-        metavar="MODEL",
-        help=f"a built-in ({'; '.join(BUILTIN_NAMES)}), torchvision:NAME (weights=None) or package.module:factory",
-    )
-    t.add_argument(
-        "--input-shape",
-        type=_shape,
-        default=None,
-        help="example input shape, e.g. 1,3,224,224 (built-in models have a default)",
-    )
-    t.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the model and input (default float32)"
-    )
+    _model_arguments(t)
     t.add_argument(
         "--sharing",
         choices=["layer", "shape", "shape_window"],
@@ -97,20 +84,73 @@ def build_parser() -> argparse.ArgumentParser:
         "predicted/measured error; fresh: Kaiming templates + orthogonal coefficients. Default: exact",
     )
     t.add_argument("--window", type=_positive, default=2, help="bank size for --sharing shape_window (default 2)")
-    t.add_argument("--seed", type=int, default=0, help="seed of every random draw, the example input too (default 0)")
-    t.add_argument(
+    t.add_argument("--out", default=None, metavar="DIR", help="write model.safetensors, report.json and code.py here")
+    t.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    t.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")
+    t.set_defaults(func=_templatize)
+
+    c = commands.add_parser(
+        "channels",
+        help="print (and draw) the channel analysis: axes, stems, heads, coupled channel groups",
+        description="Trace MODEL and print which channel groups are coupled, what produces and reads them, and "
+        "why a group is blocked; --dot writes the coupling graph as Graphviz DOT.",
+    )
+    _model_arguments(c)
+    c.add_argument("--dot", default=None, metavar="FILE", help="write the channel-group graph as Graphviz DOT")
+    c.set_defaults(func=_channels)
+    return parser
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help=f"a built-in ({'; '.join(BUILTIN_NAMES)}), torchvision:NAME (weights=None) or package.module:factory",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        default=None,
+        help="example input shape, e.g. 1,3,224,224 (built-in models have a default)",
+    )
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the model and input (default float32)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw, the example input too (default 0)")
+    p.add_argument(
         "--leaf",
         action="append",
         default=[],
         metavar="PATH",
         help="dotted path of a submodule not to trace into (repeatable)",
     )
-    t.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON object of keyword arguments for MODEL")
-    t.add_argument("--out", default=None, metavar="DIR", help="write model.safetensors, report.json and code.py here")
-    t.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    t.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")
-    t.set_defaults(func=_templatize)
-    return parser
+    p.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON object of keyword arguments for MODEL")
+
+
+def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, tuple[int, ...]]:
+    torch.manual_seed(args.seed)
+    dtype = DTYPES[args.dtype]
+    model = resolve_model(args.model, **args.model_kwargs).to(dtype)
+    shape = args.input_shape or default_input_shape(args.model)
+    if shape is None:
+        raise GrowcError(f"model '{args.model}' has no default input shape: pass --input-shape, e.g. 1,3,224,224")
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)).to(dtype)
+    return model, example, shape
+
+
+def _channels(args: argparse.Namespace) -> int:
+    from .io import atomic_write_text
+    from .passes import analyze_channels
+    from .trace import trace
+
+    model, example, shape = _model_and_input(args)
+    analysis = analyze_channels(trace(model, leaf_modules=args.leaf), (example,))
+    print(f"growc channels {args.model} (input {list(shape)})")
+    print(analysis.summary())
+    if args.dot:
+        atomic_write_text(args.dot, analysis.to_dot())
+        print(f"wrote {args.dot}")
+    return 0
 
 
 def _version() -> str:
@@ -166,13 +206,7 @@ def _templatize(args: argparse.Namespace) -> int:
     from .io import atomic_directory, save_state_dict, write_json
     from .passes import templatize
 
-    torch.manual_seed(args.seed)
-    dtype = DTYPES[args.dtype]
-    model = resolve_model(args.model, **args.model_kwargs).to(dtype)
-    shape = args.input_shape or default_input_shape(args.model)
-    if shape is None:
-        raise GrowcError(f"model '{args.model}' has no default input shape: pass --input-shape, e.g. 1,3,224,224")
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)).to(dtype)
+    model, example, shape = _model_and_input(args)
     gm = templatize(
         model,
         (example,),

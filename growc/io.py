@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["atomic_directory", "load_state_dict", "save_state_dict", "write_json"]
+__all__ = ["atomic_directory", "atomic_write_text", "load_state_dict", "save_state_dict", "write_json"]
 
 
 @contextlib.contextmanager
@@ -67,6 +67,20 @@ def save_state_dict(module: nn.Module, path: str | os.PathLike[str], metadata: d
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a safetensors file (no unpickling)."""
     return load_file(os.fspath(path))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and one rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

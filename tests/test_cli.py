@@ -141,3 +141,12 @@ def test_artifact_folder_has_ordinary_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "art").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_channels_prints_groups_and_writes_dot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dot = tmp_path / "groups.dot"
+    assert main(["channels", "wrn-10-1", "--dot", str(dot)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("growc channels wrn-10-1 (input [2, 3, 32, 32])\nstems: conv1\nheads: fc\n")
+    assert "(permutable)" in out and "blocked: graph output" in out
+    assert dot.read_text().startswith("graph channels {")
