@@ -42,6 +42,7 @@ from .fuse import (
     _UNARY_FUNCTIONS,
     _UNARY_METHODS,
     _UNARY_MODULES,
+    _moved_axis,
 )
 
 __all__ = ["ChannelAnalysis", "ChannelGroup", "analyze_channels"]
@@ -308,6 +309,12 @@ def _function_rule(b: _Builder, node: fx.Node, inputs: list[fx.Node], info: Tens
         _flatten(b, node, x, start, end, name)
     elif not method and target in (torch.cat, torch.concat):
         _cat(b, node, inputs, rank, name)
+    elif (
+        len(inputs) == 1
+        and b.axis.get(x.name) is not None
+        and (moved := _moved_axis(node, target, method, b.axis[x.name], rank)) is not None
+    ):
+        b.couple(b.dim(x), b.new(node, moved), name)
     elif (method and target in _REDUCE_METHODS) or (not method and target in _REDUCE):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)

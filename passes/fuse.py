@@ -363,6 +363,10 @@ class _Fuser:
                 lifted = self.lift_flatten(node, values[0], rank_in=len(_tensor_info(tensor_args[0]).shape))
                 if lifted is not None:
                     return lifted
+            moved = _moved_axis(node, target, method, axis, rank)
+            if moved is not None and len(values) == 1:
+                args, kwargs = self.map_args(node, lambda v: v.node)
+                return _Value("F", self.emit_like(node, args, kwargs), moved)
             if (not method and target in (torch.cat, torch.concat)) and len(node.args) >= 1:
                 return self.lift_cat(node, axis)
             if (method and target in _REDUCE_METHODS) or (not method and target in _REDUCE):
@@ -651,6 +655,23 @@ class _Fuser:
         if not _has_tensor(node.meta.get("growc_shape")):
             return _Value("S", outputs[0])  # parents share shapes, so a non-tensor result is the same for all
         return _Value("P", parts=outputs)
+
+
+def _moved_axis(node: fx.Node, target: Any, method: bool, axis: int, rank: int) -> int | None:
+    """Where ``axis`` goes under a ``permute``/``transpose``/``swapaxes`` node (None for other ops)."""
+    name = target if method else getattr(target, "__name__", "")
+    if name == "permute" and (method or target is torch.permute):
+        dims = node.args[1:] if method else node.args[1]
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        if len(dims) == rank and all(isinstance(d, int) for d in dims):
+            return [d % rank for d in dims].index(axis)
+    if name in ("transpose", "swapaxes") and (method or target in (torch.transpose, torch.swapaxes)):
+        pair = node.args[1:3]
+        if len(pair) == 2 and all(isinstance(d, int) for d in pair):
+            a, b = (d % rank for d in pair)
+            return b if axis == a else a if axis == b else axis
+    return None
 
 
 def _is_stochastic_depth(target: Any) -> bool:
