@@ -61,10 +61,13 @@ class ChannelGroup:
     consumers: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
     contained_in: list[tuple[int, int, int]] = field(default_factory=list)  # (group, offset, block)
+    holds: list[int] = field(default_factory=list)  # groups this one is made of (by a channel cat or a flatten)
 
     @property
     def permutable(self) -> bool:
-        return not self.blocked
+        """Whether permuting the group alone keeps the function. A group made of others (the output of a channel
+        cat, a flatten) is not: its order is its parts' order, so permute the parts."""
+        return not self.blocked and not self.holds
 
     @property
     def params(self) -> list[tuple[str, int]]:
@@ -114,7 +117,12 @@ class ChannelAnalysis:
         lines = [f"stems: {', '.join(self.stems) or '-'}", f"heads: {', '.join(self.heads) or '-'}"]
         lines.append(f"{len(self.groups)} channel groups:")
         for g in self.groups:
-            state = "permutable" if g.permutable else "blocked: " + "; ".join(sorted(set(g.blocked)))
+            if g.permutable:
+                state = "permutable"
+            elif g.blocked:
+                state = "blocked: " + "; ".join(sorted(set(g.blocked)))
+            else:
+                state = "made of groups " + ", ".join(str(h) for h in sorted(set(g.holds)))
             lines.append(
                 f"  group {g.index}: {g.size} channels, {len(g.dims)} dims, produced by "
                 f"{', '.join(g.producers) or '-'}, read by {', '.join(g.consumers) or '-'} ({state})"
@@ -438,6 +446,7 @@ def _groups(b: _Builder, gm: fx.GraphModule, shared: set[str], stems: list[str],
             continue
         b.graph.add_edge(container, part, op=op, kind="contains")
         groups[index_of[part]].contained_in.append((index_of[container], offset, block))
+        groups[index_of[container]].holds.append(index_of[part])
     changed = True
     while changed:  # a group inside a blocked group is blocked too
         changed = False

@@ -189,7 +189,11 @@ class _Fuser:
             return value.parts
         if not value.parts:
             chunks = self.graph.call_function(torch.chunk, (value.node, self.n), {"dim": value.axis})
-            value.parts = [self.graph.call_function(operator.getitem, (chunks, i)) for i in range(self.n)]
+            # contiguous: a parent's op may depend on strides (``view``), and a chunk is a strided view
+            value.parts = [
+                self.graph.call_method("contiguous", (self.graph.call_function(operator.getitem, (chunks, i)),))
+                for i in range(self.n)
+            ]
         return value.parts
 
     def fused(self, value: _Value, axis: int) -> fx.Node:
@@ -342,6 +346,11 @@ class _Fuser:
             return _Value("S", self.emit_like(node, args, kwargs))
         info = _tensor_info(node)
         fused_values = [v for v in values if v.kind == "F"]
+        reshape = (method and target in ("view", "reshape")) or (not method and target is torch.reshape)
+        if reshape and info is not None and len(values) == 1 and fused_values:  # sizes may be shared nodes
+            lifted = self.lift_reshape(node, values[0], _tensor_info(tensor_args[0]), info)
+            if lifted is not None:
+                return lifted
         if info is not None and fused_values and len(node.all_input_nodes) == len(tensor_args):
             axis = fused_values[0].axis
             rank = len(info.shape)
@@ -418,6 +427,40 @@ class _Fuser:
             return None
         args, kwargs = self.map_args(node, lambda v: v.node)
         return _Value("F", self.emit_like(node, args, kwargs), axis)
+
+    def lift_reshape(self, node: fx.Node, value: _Value, info_in: TensorInfo, info_out: TensorInfo) -> _Value | None:
+        """``view``/``reshape`` keeps the parents contiguous when the dims before the parent axis keep their
+        product: the fused target shape is the parents' with that axis' size times n (or ``-1`` left to infer)."""
+        if value.kind != "F":
+            return None
+        shape_in, shape_out = info_in.shape, info_out.shape
+        before = math.prod(shape_in[: value.axis])
+        candidates = [a for a in range(len(shape_out)) if math.prod(shape_out[:a]) == before and shape_out[a] > 1]
+        shape_args = list(node.args[1:]) if node.op == "call_method" else list(node.args[1])
+        if len(shape_args) == 1 and isinstance(shape_args[0], (list, tuple)):
+            shape_args = list(shape_args[0])
+        if not candidates or len(shape_args) != len(shape_out) or node.kwargs:
+            return None
+        axis = candidates[0]
+        if math.prod(shape_out[axis:]) != math.prod(shape_in[value.axis :]):
+            return None
+        entries = []
+        for i, entry in enumerate(shape_args):
+            entry = self.env[entry].node if isinstance(entry, fx.Node) else entry
+            if isinstance(entry, fx.Node) and self.env_kind(shape_args[i]) != "S":
+                return None
+            if i == axis and entry != -1:
+                entry = (
+                    entry * self.n
+                    if isinstance(entry, int)
+                    else self.graph.call_function(operator.mul, (entry, self.n))
+                )
+            entries.append(entry)
+        new = self.graph.call_function(torch.reshape, (value.node, tuple(entries)))
+        return _Value("F", new, axis)
+
+    def env_kind(self, arg: Any) -> str:
+        return self.env[arg].kind if isinstance(arg, fx.Node) else "S"
 
     def lift_reduce(self, node: fx.Node, value: _Value, rank_in: int) -> _Value | None:
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
