@@ -9,6 +9,7 @@ returned report, never hidden.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .errors import GrowcError
 
-__all__ = ["TensorInfo", "max_abs_rel_error", "propagate_shapes"]
+__all__ = ["TensorInfo", "max_abs_rel_error", "propagate_shapes", "run_outputs"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,32 @@ def _rel(max_abs: float, ref_max: float) -> float:
     if max_abs == 0.0:
         return 0.0
     return max_abs / ref_max if ref_max > 0.0 else math.inf
+
+
+def run_outputs(modules: Sequence[nn.Module], inputs: Sequence[Any], *, train: bool, seed: int = 0) -> list[Any]:
+    """Each module's output on ``inputs``, without changing any module or the global RNG.
+
+    ``train=False``: eval mode under ``no_grad`` (training flags restored afterwards). ``train=True``: train mode on
+    deep copies (BatchNorm statistics of the originals untouched), each call after ``torch.manual_seed(seed)`` so
+    random ops draw alike. A traced graph is specialised to the training flag it was traced with
+    (``if self.training`` in Python, ``stochastic_depth(..., self.training)``), so checks run in that mode.
+    """
+    outputs = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for module in modules:
+            if train:
+                module = copy.deepcopy(module).train()
+                torch.manual_seed(seed)
+                outputs.append(module(*inputs))
+                continue
+            flags = [(m, m.training) for m in module.modules()]
+            try:
+                module.eval()
+                outputs.append(module(*inputs))
+            finally:
+                for m, flag in flags:
+                    m.training = flag
+    return outputs
 
 
 def _plain_containers(tree: Any) -> Any:

@@ -42,6 +42,7 @@ from .fuse import (
     _UNARY_FUNCTIONS,
     _UNARY_METHODS,
     _UNARY_MODULES,
+    _has_state,
     _moved_axis,
 )
 
@@ -213,7 +214,7 @@ def analyze_channels(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Chann
         info = _info(node)
         inputs = [a for a in node.all_input_nodes if _info(a) is not None]
         uses_weights = node.op == "get_attr" or (
-            node.op == "call_module" and any(True for _ in gm.get_submodule(str(node.target)).parameters())
+            node.op == "call_module" and _has_state(gm.get_submodule(str(node.target)))
         )
         if node.op == "placeholder" or (not uses_weights and all(a.name in shared for a in inputs)):
             shared.add(node.name)
@@ -270,7 +271,9 @@ def _module_rule(b: _Builder, node: fx.Node, module: nn.Module, inputs: list[fx.
     same_shape = x is not None and _info(x).shape == info.shape
     if isinstance(module, _UNARY_MODULES) and same_shape:
         b.couple(x_dim, b.new(node, b.axis.get(x.name)), target)
-    elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)):
+    elif isinstance(
+        module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+    ) and (x is None or b.axis.get(x.name) == 1):
         out = b.new(node, 1)
         b.couple(x_dim, out, target)
         for name, _ in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):

@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.node import map_aggregate
+from torch.nn.utils import parametrize
 
-from growc.analysis import TensorInfo, max_abs_rel_error, propagate_shapes
-from growc.errors import GrowcConfigError, GrowcError
+from growc.analysis import TensorInfo, max_abs_rel_error, propagate_shapes, run_outputs
+from growc.errors import GrowcConfigError, GrowcError, GrowcPassError
 from growc.ops import (
     GENERATED_TYPES,
     GRID_TYPES,
@@ -121,6 +122,7 @@ class _Value:
     node: Any = None
     axis: int = -1
     parts: list[Any] = field(default_factory=list)
+    summed: bool = False  # an S value that is already the parents' sum (a side-by-side head's output)
 
 
 def _tensor_info(node: fx.Node) -> TensorInfo | None:
@@ -265,10 +267,12 @@ class _Fuser:
             if not isinstance(arg, fx.Node):
                 return arg
             value = self.env[arg]
-            if value.kind == "S":
-                return value.node
             if not _has_tensor(arg.meta.get("growc_shape")):
                 return self.parts(value)[0]
+            if value.kind == "S":
+                if value.summed or self.head != "sum":  # a head is already the sum; a mean of equals is the value
+                    return value.node
+                return self.graph.call_function(operator.mul, (value.node, self.n))  # n equal parents' outputs
             parts = self.parts(value)
             total = parts[0]
             if self.head == "first":
@@ -286,10 +290,7 @@ class _Fuser:
         if isinstance(module, (*_GRID_OF, MixedLinear, *GRID_TYPES)):
             return self.lift_weighted(node, module)
         args = [a for a in node.args if isinstance(a, fx.Node)]
-        stateless = not isinstance(module, GENERATED_TYPES) and not any(
-            True for _ in (*module.parameters(), *module.buffers())
-        )  # a mixed layer's state is its bank, which it references without owning
-        if stateless and all(self.env[a].kind == "S" for a in node.all_input_nodes):
+        if not _has_state(module) and all(self.env[a].kind == "S" for a in node.all_input_nodes):
             target = self.add_fused_module(str(node.target), copy.deepcopy(module))
             args_, kwargs_ = self.map_args(node, lambda v: v.node)
             return _Value("S", self.graph.call_module(target, args_, kwargs_))
@@ -364,7 +365,8 @@ class _Fuser:
             if binary and len(values) in (1, 2):
                 first_fused = next(a for a in tensor_args if self.env[a].kind == "F")
                 out_axis = self.env[first_fused].axis + rank - len(_tensor_info(first_fused).shape)
-                return self.lift_binary(node, out_axis, rank)
+                if all(self.broadcast_ok(a, out_axis, rank) for a in tensor_args):
+                    return self.lift_binary(node, out_axis, rank)
             if not method and target in _POOL_FUNCTIONS and len(values) == 1 and rank >= 3:
                 args, kwargs = self.map_args(node, lambda v: self.fused(v, 1))
                 return _Value("F", self.emit_like(node, args, kwargs), 1)
@@ -383,6 +385,15 @@ class _Fuser:
                 if lifted is not None:
                     return lifted
         return self.fallback(node)
+
+    def broadcast_ok(self, arg: fx.Node, axis: int, rank: int) -> bool:
+        """A per-parent operand that broadcasts over the parent axis (size 1, or no such axis) cannot be
+        concatenated along it: such ops take the exact fallback."""
+        info = _tensor_info(arg)
+        if info is None or self.env[arg].kind == "S":
+            return True
+        aligned = axis - (rank - len(info.shape))
+        return aligned >= 0 and info.shape[aligned] != 1
 
     def lift_binary(self, node: fx.Node, axis: int, rank: int) -> _Value:
         """Elementwise with broadcasting: every operand fused along the output's ``axis`` (aligned from the
@@ -435,14 +446,22 @@ class _Fuser:
             return None
         shape_in, shape_out = info_in.shape, info_out.shape
         before = math.prod(shape_in[: value.axis])
-        candidates = [a for a in range(len(shape_out)) if math.prod(shape_out[:a]) == before and shape_out[a] > 1]
+        # the batch axis must stay as it is: an example batch of 1 makes axis 0 look free to merge, but at other
+        # batch sizes a reshape that moves the parent axis next to the batch interleaves parents and samples
+        candidates = [
+            a
+            for a in range(1, len(shape_out))
+            if math.prod(shape_out[:a]) == before and shape_out[a] > 1 and shape_out[0] == shape_in[0]
+        ]
         shape_args = list(node.args[1:]) if node.op == "call_method" else list(node.args[1])
         if len(shape_args) == 1 and isinstance(shape_args[0], (list, tuple)):
             shape_args = list(shape_args[0])
         if not candidates or len(shape_args) != len(shape_out) or node.kwargs:
             return None
         axis = candidates[0]
-        if math.prod(shape_out[axis:]) != math.prod(shape_in[value.axis :]):
+        if value.axis == 0 or math.prod(shape_out[axis:]) != math.prod(shape_in[value.axis :]):
+            return None
+        if any(isinstance(e, int) and e == -1 for e in shape_args[:axis]):
             return None
         entries = []
         for i, entry in enumerate(shape_args):
@@ -568,7 +587,7 @@ class _Fuser:
         if (target, kind) in self.weighted:  # a module called again with the same lift: the same fused module
             x = value.node if kind == "stem" else self.fused(value, axis)
             new = self.graph.call_module(self.weighted[(target, kind)], (x,))
-            return _Value("S", new) if kind == "head" else _Value("F", new, out_axis)
+            return _Value("S", new, summed=True) if kind == "head" else _Value("F", new, out_axis)
         report: dict[str, Any] = {"node": node.name, "target": target, "lift": kind}
         parent_scale = getattr(module, "scale", 1.0)
         bias_params = [layer.bias for layer in layers]
@@ -645,7 +664,7 @@ class _Fuser:
         report["blocks"] = [[[f"{self.bank_names[id(b)]}[{r}]" for b, r in terms] for terms in row] for row in blocks]
         self.lifts.append(report)
         if kind == "head":
-            return _Value("S", new)
+            return _Value("S", new, summed=True)
         return _Value("F", new, out_axis)
 
     def weighted_input(self, value: _Value, kind: str, axis: int) -> fx.Node:
@@ -692,7 +711,14 @@ class _Fuser:
         if node.op == "call_module":
             name = type(self.parents[0].get_submodule(str(node.target))).__name__
         self.fallbacks.append({"node": node.name, "op": node.op, "target": name})
-        return self.per_parent_result(node, outputs)
+        result = self.per_parent_result(node, outputs)
+        module = self.parents[0].get_submodule(str(node.target)) if node.op == "call_module" else None
+        inplace = _is_inplace(node) or getattr(module, "inplace", False) is True
+        if inplace and node.args and isinstance(node.args[0], fx.Node):
+            # the parents' op wrote into its first operand, but ours wrote into per-parent copies: from now on
+            # that operand *is* the per-parent result
+            self.env[node.args[0]] = result
+        return result
 
     def per_parent_result(self, node: fx.Node, outputs: list[fx.Node]) -> _Value:
         if not _has_tensor(node.meta.get("growc_shape")):
@@ -717,6 +743,23 @@ def _moved_axis(node: fx.Node, target: Any, method: bool, axis: int, rank: int) 
     return None
 
 
+def _has_state(module: nn.Module) -> bool:
+    """Whether ``module``'s output depends on per-parent state: parameters, buffers, or growc's generated weights
+    (a mixed layer references its bank without owning it, so ``parameters()`` does not see it)."""
+    return any(True for _ in (*module.parameters(), *module.buffers())) or any(
+        isinstance(m, GENERATED_TYPES) or parametrize.is_parametrized(m) for m in module.modules()
+    )
+
+
+def _is_inplace(node: fx.Node) -> bool:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return (
+        (isinstance(name, str) and name.endswith("_") and not name.endswith("__"))
+        or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+        or node.kwargs.get("inplace") is True
+    )
+
+
 def _is_stochastic_depth(target: Any) -> bool:
     return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
 
@@ -726,15 +769,22 @@ def _is_templatized(model: nn.Module) -> bool:
 
 
 def _signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
-    return [
-        (
-            n.op,
-            f"{n.target} ({type(gm.get_submodule(str(n.target))).__name__})"
-            if n.op == "call_module"
-            else str(n.target),
-        )
-        for n in gm.graph.nodes
-    ]
+    """Each node's op and target, with the module's type and hyperparameters (``extra_repr``) and the node's
+    constant arguments: parents must agree on all of it, not only on shapes."""
+
+    def constants(node: fx.Node) -> str:
+        return repr(map_aggregate((node.args, node.kwargs), lambda a: "*" if isinstance(a, fx.Node) else a))
+
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            module = gm.get_submodule(str(n.target))
+            out.append((n.op, f"{n.target} ({type(module).__name__}: {module.extra_repr()}) {constants(n)}"))
+        elif n.op == "get_attr":
+            out.append((n.op, str(n.target)))
+        else:
+            out.append((n.op, f"{n.target} {constants(n)}"))
+    return out
 
 
 def _check_same_architecture(parents: list[fx.GraphModule]) -> None:
@@ -832,7 +882,13 @@ def fuse(
     }
     finish_pass(gm, "fuse", report)
     if verify:
-        report["output"] = _verify(templated, gm, example_inputs, head)
+        report["output"] = output = _verify(templated, gm, example_inputs, head)
+        if cross_init == "zero" and "note" not in output and not output["max_rel"] <= 1e-5:
+            raise GrowcPassError(
+                f"fuse(cross_init='zero') is not the parents' {head}: max rel error {output['max_rel']:.3e} > 1e-05. "
+                "Please report this model; the ops involved can be made leaves (templatize_options={'leaf_modules': "
+                "[...]}) to take the per-parent fallback."
+            )
     return gm
 
 
@@ -864,21 +920,29 @@ def fuse_templated(
 
 
 def _verify(parents: list[nn.Module], gm: nn.Module, example_inputs: tuple[Any, ...], head: str) -> dict[str, Any]:
-    modules = [*parents, gm]
-    flags = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        with torch.no_grad():
-            outputs = [p(*example_inputs) for p in (parents[:1] if head == "first" else parents)]
-            expected = outputs[0]
-            for out in outputs[1:]:
-                expected = torch.utils._pytree.tree_map(operator.add, expected, out)
-            if head == "mean":
-                expected = torch.utils._pytree.tree_map(lambda t: t / len(parents), expected)
-            max_abs, max_rel = max_abs_rel_error(expected, gm(*example_inputs))
-    finally:
-        for module, flag in flags:
-            module.training = flag
+    """The fused model against the parents' sum (mean, or parent 0 alone), in the mode the graphs were traced in."""
+    train = parents[0].training
+    readers = parents[:1] if head == "first" else parents
+    *outputs, fused = run_outputs([*readers, gm], example_inputs, train=train)
+    expected = outputs[0]
+    for out in outputs[1:]:
+        expected = torch.utils._pytree.tree_map(operator.add, expected, out)
+    if head == "mean":
+        expected = torch.utils._pytree.tree_map(lambda t: t / len(parents), expected)
+    max_abs, max_rel = max_abs_rel_error(expected, fused)
     against = "parent 0" if head == "first" else f"parents' {head}"
-    return {"against": against, "max_abs": max_abs, "max_rel": max_rel, "mode": "eval"}
+    result = {"against": against, "max_abs": max_abs, "max_rel": max_rel, "mode": "train" if train else "eval"}
+    random_ops = [
+        n.name
+        for n in gm.graph.nodes
+        if "dropout" in str(n.target).lower()
+        or "stochastic_depth" in getattr(n.target, "__name__", "")
+        or (n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), nn.modules.dropout._DropoutNd))
+    ]
+    if train and random_ops:
+        result["note"] = (
+            f"the parents were traced in train mode and the graph draws random numbers ({', '.join(random_ops[:3])}"
+            f"{', ...' if len(random_ops) > 3 else ''}): fused and parents draw differently, so this compares "
+            "samples, not functions; trace the parents in eval mode (model.eval()) for an exact check"
+        )
+    return result

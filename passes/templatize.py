@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from growc.analysis import max_abs_rel_error, propagate_shapes
+from growc.analysis import max_abs_rel_error, propagate_shapes, run_outputs
 from growc.errors import GrowcConfigError, GrowcPassError
 from growc.ops import (
     GENERATED_TYPES,
@@ -411,26 +411,26 @@ def _init_bank(
     return templates, coefficients, info, predicted_layers
 
 
-def _rel(diff: Tensor, ref: Tensor) -> float:
-    """Relative Frobenius error ``||diff|| / ||ref||``, accumulated in float64."""
-    ref_norm = float(torch.linalg.vector_norm(ref, dtype=torch.float64))
-    diff_norm = float(torch.linalg.vector_norm(diff, dtype=torch.float64))
-    return diff_norm / ref_norm if ref_norm > 0 else diff_norm
+def _relative_errors(diff: Tensor, ref: Tensor) -> tuple[list[float], float]:
+    """Relative Frobenius errors ``||diff_l|| / ||ref_l||`` of each row and of the whole stack (two norm calls)."""
+    diff_sq = torch.linalg.vector_norm(diff, dim=1).double() ** 2
+    ref_sq = torch.linalg.vector_norm(ref, dim=1).double() ** 2
+
+    def ratio(d: float, r: float) -> float:
+        return (d / r) ** 0.5 if r > 0 else d**0.5
+
+    rows = [ratio(float(d), float(r)) for d, r in zip(diff_sq, ref_sq, strict=True)]
+    return rows, ratio(float(diff_sq.sum()), float(ref_sq.sum()))
 
 
-def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any]) -> dict[str, Any]:
-    flags = [(m, m.training) for m in (*model.modules(), *gm.modules())]
+def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any], train: bool) -> dict[str, Any]:
+    mode = "train" if train else "eval"
+    reference, output = run_outputs([model, gm], example_inputs, train=train)
     try:
-        model.eval()
-        gm.eval()
-        with torch.no_grad():
-            max_abs, max_rel = max_abs_rel_error(model(*example_inputs), gm(*example_inputs))
+        max_abs, max_rel = max_abs_rel_error(reference, output)
     except ValueError as error:  # the outputs' structures or shapes differ
-        return {"max_abs": math.inf, "max_rel": math.inf, "mode": "eval", "error": str(error)}
-    finally:
-        for module, flag in flags:
-            module.training = flag
-    return {"max_abs": max_abs, "max_rel": max_rel, "mode": "eval"}
+        return {"max_abs": math.inf, "max_rel": math.inf, "mode": mode, "error": str(error)}
+    return {"max_abs": max_abs, "max_rel": max_rel, "mode": mode}
 
 
 def _count(module: nn.Module) -> int:
@@ -472,7 +472,8 @@ def templatize(
         seed: seeds every random draw (extra templates, fresh init).
         window: bank size for ``shape_window``.
         leaf_modules, autowrap_functions, concrete_args: tracing options, see :func:`growc.trace`.
-        verify: run ``model`` and the result once on ``example_inputs`` (eval mode) and report the difference;
+        verify: run ``model`` and the result once on ``example_inputs`` and report the difference (in the mode
+            the graph was traced in: eval for an eval-mode model, train mode on copies with one seed otherwise);
             with ``init="exact"`` a difference above :data:`EXACT_TOLERANCE` raises ``GrowcPassError``.
 
     Returns:
@@ -532,9 +533,9 @@ def templatize(
         banks[bank_name] = bank
         with torch.no_grad():
             diff = bank.weights().reshape(len(group), -1).cpu() - stacked
-        measured_layers = [_rel(diff[i], stacked[i]) for i in range(len(group))]
+        measured_layers, measured_bank = _relative_errors(diff, stacked)
         if init != "fresh":
-            info["measured_error"] = _rel(diff, stacked)
+            info["measured_error"] = measured_bank
         bank_reports.append(
             {
                 "name": bank_name,
@@ -610,7 +611,7 @@ def templatize(
     }
     finish_pass(gm, "templatize", report)
     if verify:
-        report["output"] = output = _verify(model, gm, example_inputs)
+        report["output"] = output = _verify(model, gm, example_inputs, train=traced.training)
         if init == "exact" and not output["max_rel"] <= EXACT_TOLERANCE:
             raise GrowcPassError(
                 f"templatize(init='exact') changed the model's function: max rel error {output['max_rel']:.3e} > "

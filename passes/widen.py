@@ -4,7 +4,8 @@ Every method runs the fusion machinery of :mod:`growc.passes.fuse` (same lifts, 
 model as parent 0 and ``factor - 1`` derived parents, so baselines compare like with like:
 
 * ``net2net``: the new channels replicate the old ones and every weight reading the replicated channels is
-  divided by the factor (Net2Net's widening). Function-preserving in train and eval mode.
+  divided by the factor (Net2Net's widening). Function-preserving, in train mode too unless the graph draws
+  random numbers (dropout, stochastic depth), where the replicas draw their own masks.
 * ``zero``: the new channels get fresh weights (Kaiming templates, orthogonal coefficients), and every block from
   new channels to old ones, and the head's new columns, is zero: the old channels never see the new ones.
   Function-preserving.

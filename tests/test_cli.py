@@ -40,7 +40,7 @@ def test_templatize_builtin_prints_the_report(capsys: pytest.CaptureFixture[str]
     assert main(["templatize", "wrn-10-1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("growc templatize wrn-10-1 (input [2, 3, 32, 32])\nsharing=layer  templates=2  init=exact")
-    assert "output vs original (eval mode): max abs 0.000e+00, max rel 0.000e+00" in out
+    assert "output vs original (train mode): max abs 0.000e+00, max rel 0.000e+00" in out  # a fresh model trains
     assert "banks: 10   layers: 10" in out  # stem, 3 blocks x 2 convs, 2 shortcuts, fc
 
 

@@ -31,8 +31,10 @@ class Ensemble(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         outputs = [p(*args) for p in self.parents]
-        total = sum(outputs[1:], outputs[0])
-        return total / len(outputs) if self.head == "mean" else total
+        total = outputs[0]
+        for out in outputs[1:]:
+            total = torch.utils._pytree.tree_map(torch.add, total, out)
+        return torch.utils._pytree.tree_map(lambda t: t / len(outputs), total) if self.head == "mean" else total
 
 
 NO_RANDOMNESS = ALL_FEATURES - {"dropout"}  # in train mode a fused dropout draws one mask, the parents n
@@ -220,10 +222,11 @@ def test_broadcast_cat_and_exact_fallbacks_are_reported() -> None:
 def test_parents_of_different_architectures_are_refused() -> None:
     x = torch.randn(1, 2)
     narrow, wide = (nn.Sequential(nn.Linear(2, w), nn.ReLU(), nn.Linear(w, 2)) for w in (3, 4))
-    with pytest.raises(growc.GrowcError, match=r"^parent 1's '0\.bias' has shape \(4,\), parent 0's \(3,\)$"):
+    wider = r'^parent 1 differs from parent 0 at node #1: call_module "0 \(MixedLinear: in_features=2, out_features=4'
+    with pytest.raises(growc.GrowcError, match=wider):
         growc.fuse([narrow, wide], (x,))
     deeper = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 2))
-    message = r"^parent 1 differs from parent 0 at node #2: call_module '1 \(MixedLinear\)' vs call_module '1 \(ReLU"
+    message = r'^parent 1 differs from parent 0 at node #2: call_module "1 \(MixedLinear: in_features=3, out_features=3'
     with pytest.raises(growc.GrowcError, match=message):
         growc.fuse([narrow, deeper], (x,))
 
@@ -257,3 +260,52 @@ def test_templatized_parents_are_used_as_they_are() -> None:
     assert gm.meta["growc"]["fuse"]["templatize"] is None
     assert gm.growc_banks["p0_bank1"].num_templates == 3
     assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
+
+
+def test_parents_must_agree_on_hyperparameters() -> None:
+    a = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8))
+    b = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8))
+    with pytest.raises(growc.GrowcError, match=r'call_module "1 \(GroupNorm: 4, 8, eps=1e-05, affine=True'):
+        growc.fuse([a, b], (torch.randn(1, 3, 6, 6),))
+
+
+class LeafStem(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+class Tricky(nn.Module):
+    """A leaf holding a bias-free conv on the input, an in-place op that must fall back, a per-parent operand
+    broadcasting over channels, a batch-sensitive view and a weight-free output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = LeafStem()
+        self.gate = nn.Conv2d(4, 1, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.stem(x)
+        y.clamp_(max=1.0)  # in place, not lifted: the per-parent result must replace y
+        y = y * torch.sigmoid(self.gate(y))  # a [B, 1, H, W] gate per parent: broadcasts over channels
+        b, c, h, w = y.shape
+        z = y.reshape(-1, h * w).log_softmax(-1).reshape(b, c, h, w)
+        return self.fc(z.mean((2, 3))), x.mean((2, 3))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_leaves_inplace_broadcast_and_batch_sensitive_reshapes(batch: int) -> None:
+    torch.manual_seed(0)
+    a, b = Tricky(), Tricky()
+    x = torch.randn(batch, 3, 6, 6)
+    gm = growc.fuse([a, b], (x,), cross_init="zero", templatize_options={"leaf_modules": [LeafStem]})
+    for other in (1, 2, 4):  # the graph must not depend on the example's batch size
+        y = torch.randn(other, 3, 6, 6)
+        assert_same_function(Ensemble([a, b], "sum"), gm, (y,), rtol=1e-5, atol=1e-5, mode="both")
+    banks = {id(m) for m in gm.modules()}
+    leaf = gm.get_submodule("growc_parents.p0.stem")
+    assert id(leaf.conv.bank) in banks  # the leaf's templates are registered: they train
