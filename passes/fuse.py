@@ -855,7 +855,9 @@ def fuse(
     example_inputs = tuple(example_inputs)
     options = {"sharing": "layer", "templates": 2, "init": "exact", **(templatize_options or {})}
     templated = [
-        copy.deepcopy(p) if _is_templatized(p) else templatize(p, example_inputs, seed=seed + i, **options)
+        copy.deepcopy(p)
+        if _is_templatized(p)
+        else templatize(p, example_inputs, seed=seed + i, verify=verify, **options)
         for i, p in enumerate(parents)
     ]
     parent_params = [sum(p.numel() for p in t.parameters()) for t in templated]

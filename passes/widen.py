@@ -98,7 +98,11 @@ def widen(
         raise GrowcConfigError(f"factor must be an integer >= 2, got {factor!r}")
     example_inputs = tuple(example_inputs)
     options = {"sharing": "layer", "templates": 2, "init": "exact", **(templatize_options or {})}
-    base = copy.deepcopy(model) if _is_templatized(model) else templatize(model, example_inputs, seed=seed, **options)
+    base = (
+        copy.deepcopy(model)
+        if _is_templatized(model)
+        else templatize(model, example_inputs, seed=seed, verify=verify, **options)
+    )
     params_before = sum(p.numel() for p in base.parameters())
     generator = torch.Generator().manual_seed(seed)
     if method == "net2net":
