@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -288,6 +289,8 @@ class _Fuser:
     def op_call_module(self, node: fx.Node) -> _Value:
         module = self.parents[0].get_submodule(str(node.target))
         if isinstance(module, (*_GRID_OF, MixedLinear, *GRID_TYPES)):
+            if len(node.args) != 1 or node.kwargs:  # called with a keyword: the exact fallback
+                return self.fallback(node)
             return self.lift_weighted(node, module)
         args = [a for a in node.args if isinstance(a, fx.Node)]
         if not _has_state(module) and all(self.env[a].kind == "S" for a in node.all_input_nodes):
@@ -301,13 +304,14 @@ class _Fuser:
             rank = len(info.shape) if info else 0
             if isinstance(module, _UNARY_MODULES) and first.kind == "F":
                 return self.direct_module(node, module, first.node, first.axis)
-            if isinstance(module, _POOL_MODULES) and rank >= 3:
+            if isinstance(module, _POOL_MODULES) and rank >= 3 and not getattr(module, "return_indices", False):
                 return self.direct_module(node, module, self.fused(first, 1), 1)
             if isinstance(module, nn.Flatten) and first.kind == "F":
                 axis = self.flatten_axis(first.axis, module.start_dim, module.end_dim, rank)
                 if axis is not None:
                     return self.direct_module(node, module, first.node, axis)
-            if isinstance(module, (*_PER_CHANNEL_NORMS, nn.GroupNorm)) and rank >= 2:
+            batched = rank >= 3 if isinstance(module, nn.modules.instancenorm._InstanceNorm) else rank >= 2
+            if isinstance(module, (*_PER_CHANNEL_NORMS, nn.GroupNorm)) and batched:
                 lifted = self.lift_norm(node, module)
                 if lifted is not None:
                     target = self.add_fused_module(str(node.target), lifted)
@@ -730,6 +734,8 @@ def _moved_axis(node: fx.Node, target: Any, method: bool, axis: int, rank: int) 
     """Where ``axis`` goes under a ``permute``/``transpose``/``swapaxes`` node (None for other ops)."""
     name = target if method else getattr(target, "__name__", "")
     if name == "permute" and (method or target is torch.permute):
+        if node.kwargs or len(node.args) < 2:
+            return None
         dims = node.args[1:] if method else node.args[1]
         if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
             dims = dims[0]
@@ -779,7 +785,8 @@ def _signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
     for n in gm.graph.nodes:
         if n.op == "call_module":
             module = gm.get_submodule(str(n.target))
-            out.append((n.op, f"{n.target} ({type(module).__name__}: {module.extra_repr()}) {constants(n)}"))
+            config = re.sub(r", row=\d+", "", module.extra_repr())  # which bank row a mixed layer reads may differ
+            out.append((n.op, f"{n.target} ({type(module).__name__}: {config}) {constants(n)}"))
         elif n.op == "get_attr":
             out.append((n.op, str(n.target)))
         else:

@@ -305,3 +305,22 @@ def test_leaves_inplace_broadcast_and_batch_sensitive_reshapes(batch: int) -> No
     banks = {id(m) for m in gm.modules()}
     leaf = gm.get_submodule("growc_parents.p0.stem")
     assert id(leaf.conv.bank) in banks  # the leaf's templates are registered: they train
+
+
+class Keywords(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.permute(self.conv(input=x), dims=(0, 2, 3, 1))  # keywords everywhere
+        return self.fc(input=y.mean((1, 2)))
+
+
+def test_keyword_calls_take_the_fallback_and_stay_exact() -> None:
+    torch.manual_seed(0)
+    a, b = Keywords(), Keywords()
+    x = torch.randn(2, 3, 6, 6)
+    gm = growc.fuse([a, b], (x,), cross_init="zero")
+    assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
