@@ -260,7 +260,8 @@ class _Fuser:
         return _Value("S", new)
 
     def op_get_attr(self, node: fx.Node) -> _Value:
-        targets = [self.parent_attr_target(i, str(node.target)) for i in range(self.n)]
+        # each parent's own node at this position: fx names captured tensors by a counter (_tensor_constantN)
+        targets = [self.parent_attr_target(i, str(self.nodes[i][self.index].target)) for i in range(self.n)]
         return self.per_parent_result(node, [self.graph.get_attr(t) for t in targets])
 
     def op_output(self, node: fx.Node) -> _Value:
@@ -788,16 +789,32 @@ def _signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
             config = re.sub(r", row=\d+", "", module.extra_repr())  # which bank row a mixed layer reads may differ
             out.append((n.op, f"{n.target} ({type(module).__name__}: {config}) {constants(n)}"))
         elif n.op == "get_attr":
-            out.append((n.op, str(n.target)))
+            value = getattr(gm.get_submodule(str(n.target).rpartition(".")[0]), str(n.target).rpartition(".")[2])
+            name = str(n.target)
+            if name.rpartition(".")[2].startswith("_tensor_constant"):  # numbered by the tracer: compare contents
+                name = (
+                    f"tensor constant {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else "constant"
+                )
+            out.append((n.op, name))
         else:
             out.append((n.op, f"{n.target} {constants(n)}"))
     return out
 
 
+def _state_shapes(gm: fx.GraphModule) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes, less banks (compared through the layers that use them) and tracer-numbered constants
+    (compared by position in :func:`_signature`)."""
+    return {
+        k: tuple(v.shape)
+        for k, v in gm.state_dict().items()
+        if "growc_banks" not in k and not k.rpartition(".")[2].startswith("_tensor_constant")
+    }
+
+
 def _check_same_architecture(parents: list[fx.GraphModule]) -> None:
     first = parents[0]
     reference = _signature(first)
-    shapes = {k: tuple(v.shape) for k, v in first.state_dict().items() if "growc_banks" not in k}
+    shapes = _state_shapes(first)
     for i, parent in enumerate(parents[1:], start=1):
         nodes = _signature(parent)
         for position, (a, b) in enumerate(zip(reference, nodes, strict=False)):
@@ -808,7 +825,7 @@ def _check_same_architecture(parents: list[fx.GraphModule]) -> None:
                 )
         if len(nodes) != len(reference):
             raise GrowcError(f"parent {i} has {len(nodes)} graph nodes, parent 0 has {len(reference)}")
-        other = {k: tuple(v.shape) for k, v in parent.state_dict().items() if "growc_banks" not in k}
+        other = _state_shapes(parent)
         if other.keys() != shapes.keys():
             extra = sorted(other.keys() ^ shapes.keys())[:3]
             raise GrowcError(f"parent {i} and parent 0 hold different parameters and buffers (e.g. {extra})")

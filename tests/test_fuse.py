@@ -324,3 +324,25 @@ def test_keyword_calls_take_the_fallback_and_stay_exact() -> None:
     x = torch.randn(2, 3, 6, 6)
     gm = growc.fuse([a, b], (x,), cross_init="zero")
     assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
+
+
+class CapturesTensors(nn.Module):
+    """Tensors created in forward become fx constants named by a counter, which differs between traces."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__()
+        self.offset = offset
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = torch.tensor([1.0, -1.0, 0.5, 0.0])[None, :, None, None]
+        return (self.conv(x) + bias).mean((2, 3))
+
+
+def test_captured_tensor_constants_match_by_position() -> None:
+    torch.manual_seed(0)
+    a, b = CapturesTensors(0), CapturesTensors(1)
+    x = torch.randn(2, 3, 5, 5)
+    growc.trace(b)  # a trace that leaves a constant behind on b, so b's next trace numbers its constant anew
+    gm = growc.fuse([a, b], (x,), cross_init="zero")
+    assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
