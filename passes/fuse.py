@@ -590,8 +590,7 @@ class _Fuser:
             return self.fallback(node)
         out_axis = (len(_tensor_info(node).shape) - 1) if linear else 1
         if (target, kind) in self.weighted:  # a module called again with the same lift: the same fused module
-            x = value.node if kind == "stem" else self.fused(value, axis)
-            new = self.graph.call_module(self.weighted[(target, kind)], (x,))
+            new = self.graph.call_module(self.weighted[(target, kind)], (self.weighted_input(value, kind, axis),))
             return _Value("S", new, summed=True) if kind == "head" else _Value("F", new, out_axis)
         report: dict[str, Any] = {"node": node.name, "target": target, "lift": kind}
         parent_scale = getattr(module, "scale", 1.0)
