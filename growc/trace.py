@@ -25,7 +25,7 @@ from torch import fx, nn
 from .errors import GrowcTraceError
 from .ops import GENERATED_TYPES, TemplateBank
 
-__all__ = ["GrowcTracer", "graph_module", "trace"]
+__all__ = ["GrowcTracer", "attribute_owner", "graph_module", "trace"]
 
 _CONSTRUCTS = (
     ("symbolically traced variables cannot be used as inputs to control flow", "data-dependent control flow"),
@@ -151,6 +151,20 @@ def trace(
         "nodes": len(gm.graph.nodes),
     }
     return gm
+
+
+def attribute_owner(root: nn.Module, target: str, *, create: bool = False) -> tuple[nn.Module, str]:
+    """The module holding the dotted ``target`` and the attribute's name in it (``"a.b.w"`` -> ``(root.a.b, "w")``).
+
+    With ``create``, missing intermediate modules are added as empty ``nn.Module`` containers.
+    """
+    *path, attr = target.split(".")
+    owner = root
+    for part in path:
+        if create and part not in owner._modules:
+            owner.add_module(part, nn.Module())
+        owner = owner._modules[part] if part in owner._modules else getattr(owner, part)
+    return owner, attr
 
 
 def graph_module(root: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:

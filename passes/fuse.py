@@ -59,7 +59,7 @@ from growc.ops import (
     Term,
 )
 from growc.pipeline import finish_pass
-from growc.trace import graph_module
+from growc.trace import attribute_owner, graph_module
 
 from .templatize import templatize
 
@@ -208,12 +208,7 @@ class _Fuser:
 
     def add_fused_module(self, target: str, module: nn.Module) -> str:
         """Install ``module`` at the parents' path ``target`` (the fused model keeps the parents' layout)."""
-        owner = self.root
-        *path, attr = target.split(".")
-        for part in path:
-            if part not in owner._modules:
-                owner.add_module(part, nn.Module())
-            owner = owner._modules[part]
+        owner, attr = attribute_owner(self.root, target, create=True)
         if attr in owner._modules:  # a module called several times: one lifted module
             return target
         owner.add_module(attr, module)
@@ -230,8 +225,7 @@ class _Fuser:
         container = self.per_parent[f"p{i}"]
         name = "attr_" + target.replace(".", "_")
         if not hasattr(container, name):
-            owner, _, attr = target.rpartition(".")
-            value = getattr(self.parents[i].get_submodule(owner) if owner else self.parents[i], attr)
+            value = getattr(*attribute_owner(self.parents[i], target))
             if isinstance(value, nn.Parameter):
                 container.register_parameter(name, value)
             elif isinstance(value, Tensor):

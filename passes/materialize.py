@@ -24,20 +24,9 @@ from torch.nn.utils import parametrize
 
 from growc.ops import GRID_TYPES, MIXED_TYPES, MixedWeight
 from growc.pipeline import finish_pass
+from growc.trace import attribute_owner
 
 __all__ = ["materialize"]
-
-
-def _owner(root: nn.Module, target: str) -> tuple[nn.Module, str]:
-    owner, _, attr = target.rpartition(".")
-    if not owner:
-        return root, attr
-    module = root
-    for part in owner.split("."):
-        if not hasattr(module, part):
-            module.add_module(part, nn.Module())
-        module = getattr(module, part)
-    return module, attr
 
 
 def _unparametrize(module: nn.Module, attr: str, weight: nn.Parameter) -> None:
@@ -91,7 +80,7 @@ def materialize(gm: fx.GraphModule) -> fx.GraphModule:
                 # back where templatize found it; elsewhere (a fused model's per-parent copies share one
                 # source path) the parameter takes the module's own place
                 path = module.source if str(node.target).startswith("growc_weights.") else str(node.target)
-                owner, attr = _owner(out, path)
+                owner, attr = attribute_owner(out, path, create=True)
                 if path == str(node.target):
                     delattr(owner, attr)
                 owner.register_parameter(attr, weight_of(module))
@@ -102,17 +91,17 @@ def materialize(gm: fx.GraphModule) -> fx.GraphModule:
                 out.graph.erase_node(node)
                 folded.append({"target": path, "kind": "weight", "node": new.name})
             elif isinstance(module, GRID_TYPES):
-                owner, attr = _owner(out, str(node.target))
+                owner, attr = attribute_owner(out, str(node.target), create=True)
                 setattr(owner, attr, module.to_plain())
                 folded.append({"target": str(node.target), "kind": type(module).__name__, "node": node.name})
             elif isinstance(module, MIXED_TYPES):
-                owner, attr = _owner(out, str(node.target))
+                owner, attr = attribute_owner(out, str(node.target), create=True)
                 setattr(owner, attr, plain(module))
                 folded.append({"target": str(node.target), "kind": type(module).__name__, "node": node.name})
             else:
                 for inner, sub in list(module.named_modules()):
                     if inner and isinstance(sub, MIXED_TYPES) and not isinstance(sub, MixedWeight):
-                        parent, attr = _owner(module, inner)
+                        parent, attr = attribute_owner(module, inner, create=True)
                         setattr(parent, attr, plain(sub))
                         folded.append({"target": f"{node.target}.{inner}", "kind": type(sub).__name__})
                     elif parametrize.is_parametrized(sub):

@@ -53,7 +53,7 @@ from growc.ops import (
     TemplateBank,
 )
 from growc.pipeline import finish_pass
-from growc.trace import graph_module, trace
+from growc.trace import attribute_owner, graph_module, trace
 
 __all__ = ["EXACT_TOLERANCE", "templatize"]
 
@@ -310,13 +310,11 @@ def _collect_leaf(
 
 
 def _fetch(gm: nn.Module, target: str) -> Any:
-    owner, _, attr = target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, attr)
+    return getattr(*attribute_owner(gm, target))
 
 
 def _set(root: nn.Module, target: str, value: nn.Module) -> None:
-    owner, _, attr = target.rpartition(".")
-    setattr(root.get_submodule(owner) if owner else root, attr, value)
+    setattr(*attribute_owner(root, target), value)
 
 
 def _mixed_like(source: nn.Module, bank: TemplateBank, row: int) -> nn.Module:
