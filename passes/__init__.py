@@ -10,7 +10,17 @@
 from .channels import ChannelAnalysis, ChannelGroup, analyze_channels
 from .fuse import fuse
 from .materialize import materialize
-from .templatize import templatize
+from .templatize import layer_matches, templatable_weights, templatize
 from .widen import widen
 
-__all__ = ["ChannelAnalysis", "ChannelGroup", "analyze_channels", "fuse", "materialize", "templatize", "widen"]
+__all__ = [
+    "ChannelAnalysis",
+    "ChannelGroup",
+    "analyze_channels",
+    "fuse",
+    "layer_matches",
+    "materialize",
+    "templatable_weights",
+    "templatize",
+    "widen",
+]

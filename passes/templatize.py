@@ -29,6 +29,7 @@ the whole module: ``torch.nn.utils.parametrize`` forbids that.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 import operator
 import re
@@ -55,7 +56,7 @@ from growc.ops import (
 from growc.pipeline import finish_pass
 from growc.trace import attribute_owner, graph_module, trace
 
-__all__ = ["EXACT_TOLERANCE", "templatize"]
+__all__ = ["EXACT_TOLERANCE", "layer_matches", "templatable_weights", "templatize"]
 
 Sharing = Literal["layer", "shape", "shape_window"]
 Init = Literal["exact", "svd", "fresh"]
@@ -345,6 +346,36 @@ def _group(weights: list[_Weight], sharing: str, window: int) -> list[list[_Weig
     return [ws[i : i + window] for ws in by_key.values() for i in range(0, len(ws), window)]
 
 
+def layer_matches(name: str, pattern: str) -> bool:
+    """Whether a ``layers`` glob pattern selects weight ``name`` (matched as is, or as its module path)."""
+    names = (name, name.removesuffix(".weight")) if name.endswith(".weight") else (name,)
+    return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
+def templatable_weights(model: nn.Module, *, leaf_modules: Sequence[type[nn.Module] | str] = ()) -> list[str]:
+    """Names of the weights :func:`templatize` would convert, in graph order (what ``layers`` patterns select from)."""
+    gm = model if isinstance(model, fx.GraphModule) else trace(model, leaf_modules=leaf_modules)
+    return [w.name for w in _collect(gm)[0]]
+
+
+def _select(
+    weights: list[_Weight], skipped: list[dict[str, str]], patterns: Sequence[str]
+) -> tuple[list[_Weight], list[dict[str, str]]]:
+    """Keep the weights a ``layers`` pattern matches; every pattern must match at least one weight."""
+    if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns):
+        raise GrowcConfigError(f"layers must be a list of non-empty glob patterns, got {patterns!r}")
+    for pattern in patterns:
+        if not any(layer_matches(w.name, pattern) for w in weights):
+            available = ", ".join(w.name for w in weights[:8]) + (", ..." if len(weights) > 8 else "")
+            raise GrowcConfigError(
+                f"layers pattern {pattern!r} matches no templatable weight (the model has {len(weights)}: {available})"
+            )
+    selected = [any(layer_matches(w.name, p) for p in patterns) for w in weights]
+    reason = f"not selected by layers={list(patterns)}"
+    dropped = [{"target": w.name, "reason": reason} for w, keep in zip(weights, selected, strict=True) if not keep]
+    return [w for w, keep in zip(weights, selected, strict=True) if keep], skipped + dropped
+
+
 def _fan_in(kind: str, shape: tuple[int, ...]) -> int:
     if kind == "matmul":  # ``x @ W`` with ``W`` laid out ``[..., in, out]``
         return shape[-2] if len(shape) > 1 else shape[0]
@@ -456,6 +487,7 @@ def templatize(
     autowrap_functions: Sequence[Callable[..., Any]] = (),
     concrete_args: dict[str, Any] | None = None,
     verify: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> fx.GraphModule:
     """Return a new GraphModule in which every weight is generated from a bank of templates.
 
@@ -473,6 +505,10 @@ def templatize(
         verify: run ``model`` and the result once on ``example_inputs`` and report the difference (in the mode
             the graph was traced in: eval for an eval-mode model, train mode on copies with one seed otherwise);
             with ``init="exact"`` a difference above :data:`EXACT_TOLERANCE` raises ``GrowcPassError``.
+        layers: optional glob patterns (``fnmatch``; ``*`` also matches dots) over weight names
+            (``layer1.0.conv1.weight``) or their module paths (``layer1.0.conv1``): only matching weights are
+            templatized, the rest stay plain and are listed in ``skipped``. A pattern that matches no weight raises
+            ``GrowcConfigError``.
 
     Returns:
         The templatized GraphModule. ``gm.meta["growc"]["templatize"]`` holds the report: ``banks`` (kind,
@@ -497,12 +533,17 @@ def templatize(
     )
     # Copy everything except the weights about to be replaced (they are only read, never written): the result
     # shares no mutable state with ``model`` and the copy does not pay for the bulk of the bytes.
-    memo: dict[int, Any] = {id(w.param): w.param for w in _collect(traced)[0]}
+    replaced, _ = _collect(traced)
+    if layers is not None:
+        replaced, _ = _select(replaced, [], layers)
+    memo: dict[int, Any] = {id(w.param): w.param for w in replaced}
     root = copy.deepcopy(model, memo)
     gm = graph_module(root, copy.deepcopy(traced.graph), traced.__class__.__name__)
     gm.meta = copy.deepcopy(traced.meta)
     shapes = propagate_shapes(gm, example_inputs)
     weights, skipped = _collect(gm)
+    if layers is not None:
+        weights, skipped = _select(weights, skipped, layers)
     generator = torch.Generator().manual_seed(seed)
 
     # registered up front: graph.call_module checks that its target exists

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from torch import fx, nn
 
 import growc
+import growc.models
+import growc.passes
 from growc.ops import MixedConv2d, MixedLinear, MixedWeight, TemplateBank
 from growc.testing import assert_same_function, cnn_models
 from helpers import assert_unchanged, snapshot
@@ -508,3 +510,46 @@ def test_input_parameters_are_not_touched_even_through_parametrizations() -> Non
 def test_wrong_example_input_names_the_node() -> None:
     with pytest.raises(growc.GrowcError, match=r"^shape analysis: node 'a' \(call_module a\) fails on inputs of "):
         growc.templatize(Tiny(), (torch.randn(2, 5, 8, 8),))
+
+
+def test_layers_patterns_select_weights_and_leave_the_rest_plain() -> None:
+    model = growc.models.resolve_model("wrn-10-1").eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = snapshot(model)
+    gm = growc.templatize(model, (x,), layers=["block1.*", "fc"])
+    report = gm.meta["growc"]["templatize"]
+    assert [layer["weight"] for layer in report["layers"]] == [
+        "block1.0.conv1.weight",
+        "block1.0.conv2.weight",
+        "fc.weight",
+    ]
+    reason = "not selected by layers=['block1.*', 'fc']"
+    assert {s["target"] for s in report["skipped"] if s["reason"] == reason} == {
+        "conv1.weight",
+        "block2.0.shortcut.weight",
+        "block2.0.conv1.weight",
+        "block2.0.conv2.weight",
+        "block3.0.shortcut.weight",
+        "block3.0.conv1.weight",
+        "block3.0.conv2.weight",
+    }
+    assert type(gm.get_submodule("block2.0.conv1")) is nn.Conv2d
+    assert report["output"]["max_rel"] == 0.0
+    assert not any(p is q for p in gm.parameters() for q in model.parameters())  # unselected weights are copies
+    assert_unchanged(model, before)
+
+
+def test_a_layers_pattern_that_matches_nothing_is_an_error() -> None:
+    model = growc.models.resolve_model("cnn1d-4")
+    with pytest.raises(
+        growc.GrowcConfigError,
+        match=r"layers pattern 'head\*' matches no templatable weight \(the model has 4: features.0.weight, "
+        r"features.3.weight, features.6.weight, fc.weight\)",
+    ):
+        growc.templatize(model, (torch.randn(2, 1, 40),), layers=["features.*", "head*"])
+    assert growc.passes.templatable_weights(model) == [
+        "features.0.weight",
+        "features.3.weight",
+        "features.6.weight",
+        "fc.weight",
+    ]
