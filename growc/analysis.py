@@ -119,7 +119,12 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[
     gm.eval()
     try:
         with torch.no_grad(), _reparametrize_module(gm, meta_state):
-            interpreter.run(*tree_map(_to_meta, list(example_inputs)))
+            try:
+                interpreter.run(*tree_map(_to_meta, list(example_inputs)))
+            except GrowcError as error:
+                # fx's interpreter appends "While executing %node ..." to the message; ours already names the node
+                message = str(error).split("\n\nWhile executing")[0]
+                raise GrowcError(message) from error.__cause__
     finally:
         for module, flag in flags:
             module.training = flag

@@ -8,6 +8,8 @@ Weights are stored with safetensors (no pickle on load).
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -17,10 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["atomic_directory", "atomic_write_text", "load_state_dict", "save_state_dict", "write_json"]
+from .errors import GrowcError
+
+__all__ = [
+    "atomic_directory",
+    "atomic_write_text",
+    "load_into",
+    "load_state_dict",
+    "save_state_dict",
+    "save_tensors",
+    "sha256_file",
+    "write_json",
+]
 
 
 @contextlib.contextmanager
@@ -34,7 +48,8 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
     if dest.exists() and not overwrite:
         raise FileExistsError(f"output folder '{dest}' already exists (pass --overwrite to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    _remove_stale(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     try:
         yield tmp
         umask = os.umask(0)
@@ -52,6 +67,24 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
         raise
 
 
+def _remove_stale(dest: Path) -> None:
+    """Delete temporary folders a killed writer (SIGKILL: no cleanup possible) left beside ``dest``."""
+    for entry in dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*-*"):
+        pid = entry.name[len(dest.name) + 6 :].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_state_dict(module: nn.Module, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
     """Save ``module``'s state dict as safetensors; tensors that share storage are saved as separate copies."""
     seen: set[int] = set()
@@ -61,12 +94,65 @@ def save_state_dict(module: nn.Module, path: str | os.PathLike[str], metadata: d
         storage = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
         tensors[name] = tensor.to("cpu").clone().contiguous() if storage in seen else tensor.to("cpu").contiguous()
         seen.add(storage)
-    save_file(tensors, os.fspath(path), metadata=metadata)
+    save_tensors(tensors, path, metadata=metadata)
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
+    """Save named tensors as safetensors (moved to CPU, made contiguous)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.fspath(path), metadata=metadata)
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (no unpickling)."""
-    return load_file(os.fspath(path))
+    """Load a safetensors file (no unpickling); an unreadable or corrupt file is a ``GrowcError`` naming it."""
+    try:
+        return load_file(os.fspath(path))
+    except FileNotFoundError:
+        raise GrowcError(f"weights file '{path}' does not exist") from None
+    except (OSError, SafetensorError, ValueError) as error:
+        raise GrowcError(f"weights file '{path}' is not a valid safetensors file: {error}") from None
+
+
+def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``module``'s state dict, refusing any mismatch with a message naming each key.
+
+    Every key of the module must be present with the same shape and dtype, and no other key may be: a missing key,
+    an extra key, a wrong shape or a wrong dtype raises ``GrowcError`` and leaves ``module`` unchanged.
+    """
+    state = module.state_dict()
+    problems = []
+    missing = [k for k in state if k not in tensors]
+    extra = [k for k in tensors if k not in state]
+    if missing:
+        problems.append(f"missing key(s) {_names(missing)}")
+    if extra:
+        problems.append(f"unexpected key(s) {_names(extra)}")
+    for key, want in state.items():
+        got = tensors.get(key)
+        if got is None:
+            continue
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"'{key}' has shape {list(got.shape)}, the model expects {list(want.shape)}")
+        elif got.dtype != want.dtype:
+            problems.append(f"'{key}' has dtype {got.dtype}, the model expects {want.dtype}")
+    if problems:
+        raise GrowcError(f"{source} does not match the model: " + "; ".join(problems))
+    module.load_state_dict(tensors, strict=True)
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(f"'{k}'" for k in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
