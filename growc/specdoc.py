@@ -1,0 +1,304 @@
+"""Reading YAML documents into typed schemas, with every error located at a file, line and column.
+
+This is the machinery under growth specs (:mod:`growc.spec`) and recipes: :func:`load_document` parses YAML with
+PyYAML's safe composer (no Python tags, no object construction), records where every key and value sits, validates
+the result against a pydantic model (unknown keys rejected, strict types) and turns each validation error into a
+:class:`GrowcSpecError` that names ``file:line:column``, the key path (``growth[0].factor``) and what was expected.
+Duplicate keys, non-string keys, recursive aliases and oversized documents are errors too, never silently accepted.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import GrowcConfigError
+
+__all__ = ["GrowcSpecError", "Located", "SpecIssue", "SpecModel", "load_document", "spec_path"]
+
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+class SpecModel(BaseModel):
+    """Base of every schema: unknown keys are errors and values are not coerced (``"3"`` is not an int)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    """One problem in a document: where it is and what is wrong."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return _one_line(f"{self.file}:{self.line}:{self.column}: {where}{self.message}")
+
+
+def _one_line(text: str) -> str:
+    """Escape line breaks and other unprintable characters: one issue is always one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+class GrowcSpecError(GrowcConfigError):
+    """A spec or recipe is not valid. ``issues`` lists every problem with its file, line and column; the message
+    starts with the first one (``spec.yaml:12:14: growth[0].factor: ...``)."""
+
+    def __init__(self, issues: list[SpecIssue]) -> None:
+        self.issues = sorted(issues, key=lambda i: (i.line, i.column))
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def spec_path(path: Path_) -> str:
+    """``("growth", 0, "factor")`` -> ``growth[0].factor``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][\w-]*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+@dataclass
+class Located:
+    """A parsed document: the plain data and the position of every value (``values``) and mapping key (``keys``)."""
+
+    file: str
+    data: Any
+    values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
+        """Line and column of ``path`` (of its key with ``key``), or of its deepest ancestor the document has."""
+        if key and path in self.keys:
+            return self.keys[path]
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.values:
+                return self.values[path[:n]]
+        return (1, 1)
+
+    def issue(self, path: Path_, message: str, *, key: bool = False) -> SpecIssue:
+        line, column = self.where(path, key=key)
+        return SpecIssue(self.file, line, column, spec_path(path), message)
+
+    def error(self, path: Path_, message: str, *, key: bool = False) -> GrowcSpecError:
+        return GrowcSpecError([self.issue(path, message, key=key)])
+
+
+def _mark(mark: Any) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+def parse_yaml(text: str, file: str) -> Located:
+    """Parse one YAML document into plain data with positions; raises :class:`GrowcSpecError` on any problem."""
+    doc = Located(file, None)
+
+    def fail(mark: Any, message: str) -> GrowcSpecError:
+        line, column = _mark(mark)
+        return GrowcSpecError([SpecIssue(file, line, column, "", message)])
+
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as error:
+        problem = f"{error.context} " if error.context else ""
+        raise fail(error.problem_mark or error.context_mark, f"YAML syntax error: {problem}{error.problem}") from None
+    except yaml.reader.ReaderError as error:
+        before = text[: error.position]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        code = error.character if isinstance(error.character, int) else ord(error.character)
+        message = f"character U+{code:04X} is not allowed in YAML ({error.reason})"
+        raise GrowcSpecError([SpecIssue(file, line, column, "", message)]) from None
+    except yaml.YAMLError as error:
+        raise GrowcSpecError([SpecIssue(file, 1, 1, "", f"YAML error: {error}")]) from None
+    except RecursionError:
+        raise GrowcSpecError(
+            [SpecIssue(file, 1, 1, "", f"the document nests deeper than {MAX_DEPTH} levels")]
+        ) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if root is None:
+        raise GrowcSpecError([SpecIssue(file, 1, 1, "", "the document is empty")])
+
+    constructor = yaml.constructor.SafeConstructor()
+    count = 0
+    active: set[int] = set()
+
+    def build(node: yaml.Node, path: Path_) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_NODES:
+            raise fail(node.start_mark, f"the document has more than {MAX_NODES} values (alias expansion?)")
+        if len(path) > MAX_DEPTH:
+            raise fail(node.start_mark, f"the document nests deeper than {MAX_DEPTH} levels")
+        if id(node) in active:
+            raise fail(node.start_mark, "a recursive alias (an anchor used inside itself)")
+        doc.values[path] = _mark(node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return constructor.construct_object(node, deep=True)
+            except yaml.YAMLError as error:
+                raise fail(node.start_mark, f"cannot read this value: {getattr(error, 'problem', error)}") from None
+            except (ValueError, OverflowError) as error:
+                raise fail(node.start_mark, f"cannot read this value: {error}") from None
+        active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                if node.tag != _SEQ_TAG:
+                    raise fail(node.start_mark, f"unsupported tag {node.tag!r} on a list")
+                return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+            if node.tag != _MAP_TAG:
+                raise fail(node.start_mark, f"unsupported tag {node.tag!r} on a mapping")
+            try:
+                constructor.flatten_mapping(node)  # merge keys (<<: *anchor)
+            except yaml.YAMLError as error:
+                raise fail(getattr(error, "problem_mark", node.start_mark), f"bad merge key: {error}") from None
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise fail(key_node.start_mark, "a key must be a string, not a list or mapping")
+                key = build(key_node, (*path, "\0key"))
+                if not isinstance(key, str):
+                    raise fail(key_node.start_mark, f"a key must be a string, got {type(key).__name__} {key!r}")
+                if key in out:
+                    first = doc.keys[(*path, key)]
+                    raise fail(key_node.start_mark, f"duplicate key {key!r} (first at line {first[0]})")
+                doc.keys[(*path, key)] = _mark(key_node.start_mark)
+                out[key] = build(value_node, (*path, key))
+            doc.values.pop((*path, "\0key"), None)
+            return out
+        finally:
+            active.discard(id(node))
+
+    doc.data = build(root, ())
+    return doc
+
+
+def _model_at(model: type[BaseModel], path: Path_) -> type[BaseModel] | None:
+    """The schema class that describes the mapping at ``path`` (for listing the keys it allows)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        current = _first_model(fields[part].annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _issues_from(error: ValidationError, doc: Located, model: type[BaseModel]) -> list[SpecIssue]:
+    issues: list[SpecIssue] = []
+    for item in error.errors(include_url=False):
+        # Keep the parts of the location the document has (pydantic adds union member names like 'int').
+        path: Path_ = ()
+        for part in item["loc"]:
+            if (*path, part) in doc.values or (*path, part) in doc.keys:
+                path = (*path, part)
+            elif item["type"] in ("missing", "extra_forbidden") and part == item["loc"][-1]:
+                path = (*path, part)
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(model, path[:-1])
+            allowed = f" (allowed here: {', '.join(owner.model_fields)})" if owner is not None else ""
+            issues.append(doc.issue(path, f"unknown key {path[-1]!r}{allowed}", key=True))
+        elif kind == "missing":
+            parent = path[:-1]
+            owner = _model_at(model, parent)
+            info = owner.model_fields.get(str(path[-1])) if owner is not None else None
+            described = info.description if info is not None else None
+            hint = f" ({described})" if described else ""
+            line, column = doc.where(parent)
+            issues.append(
+                SpecIssue(doc.file, line, column, spec_path(path), f"missing required key '{path[-1]}'{hint}")
+            )
+        else:
+            message = item["msg"]
+            if kind == "model_type" or kind == "dict_type":
+                message = f"expected a mapping (key: value lines), got {_short(item['input'])}"
+            elif kind != "value_error":
+                message = f"{message[0].lower()}{message[1:]}, got {_short(item['input'])}"
+                owner = _model_at(model, path[:-1]) if path and isinstance(path[-1], str) else None
+                info = owner.model_fields.get(str(path[-1])) if owner is not None else None
+                if kind == "literal_error" and info is not None and info.description:
+                    message += f" ({info.description})"
+            else:
+                message = message.removeprefix("Value error, ")
+            issues.append(doc.issue(path, message))
+    # One report per location: a union can fail the same value several ways.
+    unique: dict[tuple[int, int, str], SpecIssue] = {}
+    for issue in issues:
+        unique.setdefault((issue.line, issue.column, issue.path), issue)
+    return list(unique.values())
+
+
+def load_document(
+    source: str | Path, model: type[M], *, text: str | None = None, file: str | None = None
+) -> tuple[M, Located]:
+    """Parse and validate a YAML document against ``model``.
+
+    Args:
+        source: the file to read (or, with ``text``, only the name used in messages).
+        model: the pydantic schema (a :class:`SpecModel`).
+        text: the document itself, instead of reading ``source``.
+        file: the name errors use (default: ``source`` as given).
+
+    Returns:
+        The validated model and the :class:`Located` document (for errors found later, at the same positions).
+    """
+    name = file if file is not None else str(source)
+    if text is None:
+        try:
+            raw = Path(source).read_bytes()
+        except OSError as error:
+            raise GrowcSpecError([SpecIssue(name, 1, 1, "", f"cannot read the file: {error.strerror}")]) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise GrowcSpecError(
+                [SpecIssue(name, 1, 1, "", f"the file is not UTF-8 text (byte {error.start})")]
+            ) from None
+    doc = parse_yaml(text, name)
+    try:
+        return model.model_validate(doc.data), doc
+    except ValidationError as error:
+        raise GrowcSpecError(_issues_from(error, doc, model)) from None
