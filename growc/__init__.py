@@ -5,9 +5,12 @@ Public API:
 * :func:`trace` - torch.fx tracing with leaf fallbacks; :func:`propagate_shapes` - fake-tensor shape analysis.
 * :func:`templatize`, :func:`materialize` - the passes (also in :mod:`growc.passes`); :class:`Pipeline`.
 * :class:`TemplateBank` and the mixed layers; :func:`param_groups`, :func:`param_roles`.
+* Growth specs: :func:`load_spec` (YAML -> :class:`GrowthSpec`), :func:`check_spec`, :func:`compile_spec`,
+  :func:`grow` (writes an artifact folder), :func:`load` (rebuilds it without unpickling), :func:`spec_json_schema`.
 """
 
 from .analysis import TensorInfo, max_abs_rel_error, propagate_shapes
+from .build import GrowResult, check_spec, compile_spec, grow, load
 from .errors import GrowcConfigError, GrowcError, GrowcPassError, GrowcTraceError
 from .ops import (
     MixedConv1d,
@@ -21,15 +24,20 @@ from .ops import (
 )
 from .passes import analyze_channels, fuse, materialize, templatize, widen
 from .pipeline import Pipeline
+from .spec import GrowthSpec, load_spec, spec_json_schema
+from .specdoc import GrowcSpecError
 from .trace import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GrowResult",
     "GrowcConfigError",
     "GrowcError",
     "GrowcPassError",
+    "GrowcSpecError",
     "GrowcTraceError",
+    "GrowthSpec",
     "MixedConv1d",
     "MixedConv2d",
     "MixedConv3d",
@@ -40,12 +48,18 @@ __all__ = [
     "TensorInfo",
     "__version__",
     "analyze_channels",
+    "check_spec",
+    "compile_spec",
     "fuse",
+    "grow",
+    "load",
+    "load_spec",
     "materialize",
     "max_abs_rel_error",
     "param_groups",
     "param_roles",
     "propagate_shapes",
+    "spec_json_schema",
     "templatize",
     "trace",
     "widen",

@@ -1,5 +1,9 @@
 """The ``growc`` command line.
 
+``growc grow SPEC`` compiles a growth spec into an artifact folder; ``growc check SPEC`` validates one;
+``growc show SPEC|FOLDER`` prints a plan or report and draws the graph, channel groups and coefficients;
+``growc schema`` prints the specs' JSON Schema (docs/cli.md has every option).
+
 ``growc templatize MODEL [options]`` traces MODEL, converts its weights to template banks and prints the compile
 report; with ``--out DIR`` it also writes ``DIR/model.safetensors``, ``DIR/report.json`` and ``DIR/code.py``
 (the generated forward, for reading), atomically.
@@ -9,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from .build import ARTIFACT_FILES
 from .errors import GrowcError
 from .models import BUILTIN_NAMES, default_input_shape, resolve_model
 
@@ -98,6 +105,52 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(c)
     c.add_argument("--dot", default=None, metavar="FILE", help="write the channel-group graph as Graphviz DOT")
     c.set_defaults(func=_channels)
+
+    g = commands.add_parser(
+        "grow",
+        help="compile a growth spec and write the artifact folder",
+        description="Validate SPEC, build the parents, run the growth steps and write an artifact folder atomically: "
+        "model.safetensors, spec.yaml (resolved), report.json, report.txt, code.py, probe.safetensors.",
+    )
+    g.add_argument("spec", metavar="SPEC", help="growth spec (YAML)")
+    g.add_argument("--out", default=None, metavar="DIR", help="artifact folder (overrides output.folder)")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace the folder if it exists")
+    g.add_argument("--dry-run", action="store_true", help="validate and print the plan; write nothing")
+    g.add_argument("--json", action="store_true", help="print the plan or report as JSON")
+    g.set_defaults(func=_grow)
+
+    k = commands.add_parser(
+        "check",
+        help="validate a growth spec (schema, then against the traced parents)",
+        description="Validate SPEC: the schema (every error with file:line:column), then against the traced "
+        "parents (leaf paths, layers patterns, one architecture, the example input, weights files).",
+    )
+    k.add_argument("spec", metavar="SPEC", help="growth spec (YAML)")
+    k.add_argument("--schema-only", action="store_true", help="validate the document only; build no model")
+    k.set_defaults(func=_check)
+
+    s = commands.add_parser(
+        "show",
+        help="print a spec's plan or an artifact's report; draw its graph, channel groups, coefficients",
+        description="For a SPEC, print the plan (and draw the model it compiles to); for an artifact FOLDER, "
+        "print its report (and draw the loaded model).",
+    )
+    s.add_argument("target", metavar="SPEC|FOLDER", help="growth spec (YAML) or artifact folder")
+    s.add_argument("--graph", default=None, metavar="FILE", help="draw the grown fx graph (.dot/.gv; .svg/.png/.pdf)")
+    s.add_argument(
+        "--channels", default=None, metavar="FILE", help="draw the channel-coupling groups (.dot/.gv; .svg/.png/.pdf)"
+    )
+    s.add_argument("--heatmap", default=None, metavar="FILE", help="draw the coefficients per layer (.png/.svg/.pdf)")
+    s.add_argument("--json", action="store_true", help="print the plan or report as JSON")
+    s.set_defaults(func=_show)
+
+    j = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of growth specs",
+        description="Print (or write) the JSON Schema of growth specs, for editors' YAML validation.",
+    )
+    j.add_argument("--out", default=None, metavar="FILE", help="write it to FILE instead of printing it")
+    j.set_defaults(func=_schema)
     return parser
 
 
@@ -232,15 +285,112 @@ def _templatize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grow(args: argparse.Namespace) -> int:
+    from .build import check_spec, format_plan, format_report, grow
+
+    if args.dry_run:
+        plan = check_spec(args.spec)
+        if args.out:
+            plan["output"] = args.out
+        print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
+        return 0
+    dest, result = grow(args.spec, args.out, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(result.report, indent=2, default=str))
+    else:
+        print(format_report(result.report))
+        print(f"wrote {dest}/ ({', '.join(ARTIFACT_FILES)})")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .build import check_spec
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.schema_only:
+        print(f"{args.spec}: ok (schema): {len(spec.parents)} parent(s), {len(spec.growth)} step(s)")
+        return 0
+    plan = check_spec(spec)
+    print(
+        f"{args.spec}: ok: {len(spec.parents)} parent(s) of {spec.parents[0].model}, {len(spec.growth)} step(s), "
+        f"{plan['width_factor']}x wider, {plan['templates']['selected']} weight(s) templatized"
+    )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .build import check_spec, compile_spec, format_plan, format_report, load
+    from .draw import coefficient_heatmap, graph_dot, write_graphic
+
+    target = Path(args.target)
+    drawing = args.graph or args.channels or args.heatmap
+    if target.is_dir():
+        model = load(target)
+        report = model.meta["growc"]["artifact"]
+        print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+        from .io import load_state_dict
+
+        probe = target / "probe.safetensors"
+        example = load_state_dict(probe)["input"] if probe.is_file() else None
+    else:
+        plan = check_spec(target)
+        print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
+        if not drawing:
+            return 0
+        result = compile_spec(target)
+        model, example = result.model, result.example
+    if args.graph:
+        print(f"wrote {write_graphic(graph_dot(model, title=target.name), args.graph)}")
+    if args.channels:
+        from .passes import analyze_channels
+
+        if example is None:
+            raise GrowcError(f"'{target}' has no probe.safetensors: the channel analysis needs an example input")
+        print(f"wrote {write_graphic(analyze_channels(model, (example,)).to_dot(), args.channels)}")
+    if args.heatmap:
+        print(f"wrote {coefficient_heatmap(model, args.heatmap, title=f'coefficients of {target.name}')}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .io import atomic_write_text
+    from .spec import spec_json_schema_text
+
+    if args.out:
+        atomic_write_text(args.out, spec_json_schema_text())
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(spec_json_schema_text())
+    return 0
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like an exception: atomic writers remove their temporary files
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``growc`` command. Returns the exit status (0 ok, 1 growc error, 2 usage error)."""
+    """Entry point of the ``growc`` command. Returns the exit status (0 ok, 1 growc error, 2 usage error,
+    130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except (GrowcError, FileExistsError) as error:
         print(f"growc {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"growc {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,94 @@ def test_channels_prints_groups_and_writes_dot(tmp_path: Path, capsys: pytest.Ca
     assert out.startswith("growc channels wrn-10-1 (input [2, 3, 32, 32])\nstems: conv1\nheads: fc\n")
     assert "(permutable)" in out and "blocked: graph output" in out
     assert dot.read_text().startswith("graph channels {")
+
+
+# ------------------------------------------------------------------------------------ specs: grow/check/show/schema
+
+SPEC = """\
+growc: 1
+name: cli
+parents:
+  - {model: cnn1d-4, kwargs: {num_classes: 3}}
+  - {model: cnn1d-4, kwargs: {num_classes: 3}}
+input: {shape: [4, 1, 40]}
+growth:
+  - {cross_init: orthogonal}
+output: {folder: out}
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "grow.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_check_validates_and_says_what_it_checked(spec_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(spec_file)]) == 0
+    assert capsys.readouterr().out == (
+        f"{spec_file}: ok: 2 parent(s) of cnn1d-4, 1 step(s), 2x wider, 4 weight(s) templatized\n"
+    )
+
+
+def test_check_reports_a_bad_spec_with_its_location_and_exit_code_1(
+    spec_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec_file.write_text(SPEC.replace("{cross_init: orthogonal}", "{cross_init: orthogonl}"))
+    assert main(["check", str(spec_file), "--schema-only"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"growc check: error: {spec_file}:8:18: growth[0].cross_init: input should be 'orthogonal',")
+
+
+def test_grow_dry_run_prints_the_plan_and_writes_nothing(spec_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["grow", str(spec_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "step 0: fuse 2 parents (x2): cross_init=orthogonal cross_scale=1.0 cross_templates=own head=sum" in out
+    assert out.rstrip().endswith("total: 2x the parents' width -> out")
+    assert sorted(os.listdir(spec_file.parent)) == ["grow.yaml"]
+
+
+def test_grow_writes_the_artifact_and_show_prints_and_draws_it(
+    spec_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["grow", str(spec_file)]) == 0
+    out = capsys.readouterr().out
+    assert "step 0: fuse x2 (cross_init=orthogonal)" in out
+    assert sorted(os.listdir("out")) == sorted(growc.build.ARTIFACT_FILES)
+    assert main(["grow", str(spec_file)]) == 1
+    assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert main(["grow", str(spec_file), "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "growc-artifact"
+
+    args = ["show", "out", "--graph", "g.dot", "--channels", "c.gv", "--heatmap", "h.png"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("growc grow (cli): growc ")
+    assert Path("g.dot").read_text().startswith('digraph "out" {')
+    assert "GridConv1d 2x2" in Path("g.dot").read_text()
+    assert Path("c.gv").read_text().startswith("graph channels {")
+    assert Path("h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_show_of_a_spec_prints_the_plan_and_can_draw_the_model_it_compiles_to(
+    spec_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", str(spec_file), "--graph", "plan.dot"]) == 0
+    assert capsys.readouterr().out.startswith(f"growc plan for {spec_file} (cli)")
+    assert "GridConv1d" in Path("plan.dot").read_text()
+    assert not Path("out").exists()
+
+
+def test_show_refuses_a_format_it_cannot_draw(spec_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(spec_file), "--graph", "plan.txt"]) == 1
+    assert "use a .dot, .gv, .svg, .png or .pdf file name" in capsys.readouterr().err
+
+
+def test_schema_prints_the_json_schema_and_writes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["title"] == "GrowthSpec"
+    assert main(["schema", "--out", str(tmp_path / "s.json")]) == 0
+    assert (tmp_path / "s.json").read_text() == printed

@@ -1,0 +1,478 @@
+"""Compiling growth specs: check a spec against the traced graph, run its steps, write and load artifacts.
+
+* :func:`check_spec` builds and traces the parents and validates the spec against the graph (leaf paths exist,
+  every ``templates.layers`` pattern selects a weight, the parents share one architecture, the example input runs,
+  weights files match); every error points at the spec line. It returns the plan :func:`format_plan` prints.
+* :func:`compile_spec` runs the steps in memory: the first step fuses the parents (MixtureGrowth) when there are
+  several, every other step widens one model.
+* :func:`grow` writes the artifact folder atomically: ``model.safetensors``, ``spec.yaml`` (resolved), ``report.json``,
+  ``report.txt``, ``code.py`` and ``probe.safetensors`` (an input and the model's eval output on it).
+* :func:`load` rebuilds the GraphModule from ``spec.yaml`` and loads the weights (safetensors: nothing unpickled),
+  refusing a weights file whose keys, shapes, dtypes or bytes differ from what was written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import fx, nn
+
+from .analysis import propagate_shapes
+from .errors import GrowcError
+from .io import (
+    atomic_directory,
+    load_into,
+    load_state_dict,
+    save_state_dict,
+    save_tensors,
+    sha256_file,
+    write_json,
+)
+from .models import resolve_model
+from .spec import GrowthSpec, load_spec
+from .specdoc import GrowcSpecError
+from .trace import trace
+
+__all__ = ["GrowResult", "check_spec", "compile_spec", "format_plan", "format_report", "grow", "load"]
+
+ARTIFACT_FILES = ("model.safetensors", "spec.yaml", "report.json", "report.txt", "code.py", "probe.safetensors")
+PROBE_TOLERANCE = 1e-4
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class GrowResult:
+    """A compiled growth: the grown model, the example input, and the report."""
+
+    model: fx.GraphModule
+    example: torch.Tensor
+    report: dict[str, Any]
+
+
+def _as_spec(spec: GrowthSpec | str | Path) -> GrowthSpec:
+    return spec if isinstance(spec, GrowthSpec) else load_spec(spec)
+
+
+def example_input(spec: GrowthSpec) -> torch.Tensor:
+    """The spec's example input: standard normal of ``input.shape``, drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    return torch.randn(spec.input.shape, generator=generator).to(DTYPES[spec.input.dtype])
+
+
+def _template_options(spec: GrowthSpec) -> dict[str, Any]:
+    t = spec.templates
+    options: dict[str, Any] = {"sharing": t.sharing, "templates": t.per_bank, "init": t.init, "window": t.window}
+    if spec.trace.leaf_modules:
+        options["leaf_modules"] = list(spec.trace.leaf_modules)
+    if t.layers is not None:
+        options["layers"] = list(t.layers)
+    return options
+
+
+def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True) -> nn.Module:
+    """Parent ``index``: built from its reference under seed ``seed + index``, with its weights file loaded.
+
+    A weights file of a templatized parent (keys under ``growc_banks.``) is loaded into the parent templatized with
+    the spec's template policy.
+    """
+    from .passes import templatize
+
+    parent = spec.parents[index]
+    doc = spec.doc
+    torch.manual_seed(spec.seed + index)
+    try:
+        model = resolve_model(parent.model, **parent.kwargs)
+    except GrowcError as error:
+        raise doc.error(("parents", index, "model"), str(error)) from None
+    except Exception as error:  # noqa: BLE001 - a user factory can raise anything; say which and where
+        raise doc.error(
+            ("parents", index, "kwargs"), f"building '{parent.model}' failed: {type(error).__name__}: {error}"
+        ) from None
+    model = model.to(DTYPES[spec.input.dtype]).train(spec.trace.mode == "train")
+    if not weights or parent.weights is None:
+        return model
+    path = spec.base_dir / parent.weights
+    where = ("parents", index, "weights")
+    try:
+        tensors = load_state_dict(path)
+    except GrowcError as error:
+        raise doc.error(where, str(error)) from None
+    target: nn.Module = model
+    if any(k.startswith("growc_banks.") for k in tensors):
+        target = templatize(
+            model, (example_input(spec),), seed=spec.seed + index, verify=False, **_template_options(spec)
+        )
+    try:
+        load_into(target, tensors, f"weights file '{path}'")
+    except GrowcError as error:
+        raise doc.error(where, str(error)) from None
+    return target
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_spec(spec: GrowthSpec | str | Path) -> dict[str, Any]:
+    """Validate ``spec`` against the traced parents; return the plan (parents, template policy, steps).
+
+    Raises :class:`~growc.specdoc.GrowcSpecError` located at the offending spec value.
+    """
+    from .passes import layer_matches, templatable_weights
+
+    spec = _as_spec(spec)
+    doc = spec.doc
+    x = example_input(spec)
+    parents = [build_parent(spec, i) for i in range(len(spec.parents))]
+    plan_parents = []
+    names: list[str] = []
+    for i, model in enumerate(parents):
+        plain = model if not isinstance(model, fx.GraphModule) else None
+        if plain is not None:
+            for j, path in enumerate(spec.trace.leaf_modules):
+                try:
+                    plain.get_submodule(path)
+                except AttributeError:
+                    raise doc.error(
+                        ("trace", "leaf_modules", j), f"parent {i} ({spec.parents[i].model}) has no submodule '{path}'"
+                    ) from None
+        try:
+            gm = model if isinstance(model, fx.GraphModule) else trace(model, leaf_modules=spec.trace.leaf_modules)
+            propagate_shapes(gm, (x,))
+        except GrowcError as error:
+            raise doc.error(
+                ("input", "shape"), f"parent {i} ({spec.parents[i].model}) fails on an input of this shape: {error}"
+            ) from None
+        if i == 0:
+            names = (
+                templatable_weights(gm)
+                if plain is not None
+                else [layer["weight"] for layer in gm.meta["growc"]["templatize"]["layers"]]
+            )
+        plan_parents.append(
+            {
+                "model": spec.parents[i].model,
+                "kwargs": spec.parents[i].kwargs,
+                "weights": spec.parents[i].weights,
+                "templatized": plain is None,
+                "params": _count(model),
+            }
+        )
+    shapes = [{k: tuple(v.shape) for k, v in p.state_dict().items()} for p in parents]
+    for i in range(1, len(parents)):
+        if shapes[i] != shapes[0]:
+            key = next(k for k in [*shapes[0], *shapes[i]] if shapes[i].get(k) != shapes[0].get(k))
+            raise doc.error(
+                ("parents", i),
+                f"parent {i} is not parent 0's architecture: '{key}' has shape {shapes[i].get(key)}, parent 0's "
+                f"{shapes[0].get(key)} (every parent must have the same layers and shapes)",
+            )
+    for j, pattern in enumerate(spec.templates.layers or []):
+        if not any(layer_matches(name, pattern) for name in names):
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            raise doc.error(
+                ("templates", "layers", j),
+                f"pattern '{pattern}' matches no templatable weight of {spec.parents[0].model} ({len(names)}: {shown})",
+            )
+    selected = [
+        n for n in names if spec.templates.layers is None or any(layer_matches(n, p) for p in spec.templates.layers)
+    ]
+    steps = []
+    for i, step in enumerate(spec.growth):
+        entry: dict[str, Any] = {"step": i, "factor": step.factor}
+        if spec.is_fusion(i):
+            entry.update(
+                kind="fuse",
+                parents=len(spec.parents),
+                cross_init=step.cross_init,
+                cross_scale=step.cross_scale,
+                cross_templates=step.cross_templates,
+                head=step.head,
+            )
+        else:
+            entry.update(kind="widen", method=step.method)
+        if step.target is not None:
+            entry["target"] = {step.target.kwarg: step.target.value}
+        steps.append(entry)
+    width = 1
+    for step in spec.growth:
+        width *= step.factor or 1
+    return {
+        "name": spec.name,
+        "spec": spec.doc.file,
+        "seed": spec.seed,
+        "input": {"shape": spec.input.shape, "dtype": spec.input.dtype},
+        "parents": plan_parents,
+        "templates": {**spec.templates.model_dump(mode="json"), "weights": len(names), "selected": len(selected)},
+        "steps": steps,
+        "width_factor": width,
+        "output": spec.output.folder if spec.output else None,
+    }
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as text: parents, template policy, steps."""
+    lines = [f"growc plan for {plan['spec']}" + (f" ({plan['name']})" if plan["name"] else "")]
+    lines.append(f"input {plan['input']['shape']} {plan['input']['dtype']}, seed {plan['seed']}")
+    for i, p in enumerate(plan["parents"]):
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in p["kwargs"].items())
+        weights = p["weights"] or "random init"
+        kind = "templatized" if p["templatized"] else "plain"
+        lines.append(f"parent {i}: {p['model']}({kwargs}) {kind}, {p['params']:,} parameters, weights: {weights}")
+    t = plan["templates"]
+    window = f" window={t['window']}" if t["sharing"] == "shape_window" else ""
+    lines.append(
+        f"templates: sharing={t['sharing']}{window} K={t['per_bank']} init={t['init']}; "
+        f"{t['selected']} of {t['weights']} weights selected" + (f" by {t['layers']}" if t["layers"] else "")
+    )
+    for s in plan["steps"]:
+        if s["kind"] == "fuse":
+            lines.append(
+                f"step {s['step']}: fuse {s['parents']} parents (x{s['factor']}): cross_init={s['cross_init']} "
+                f"cross_scale={s['cross_scale']} cross_templates={s['cross_templates']} head={s['head']}"
+            )
+        else:
+            lines.append(f"step {s['step']}: widen x{s['factor']} by {s['method']}")
+    lines.append(f"total: {plan['width_factor']}x the parents' width -> {plan['output'] or '(no output folder)'}")
+    return "\n".join(lines)
+
+
+def compile_spec(spec: GrowthSpec | str | Path, *, verify: bool = True, weights: bool = True) -> GrowResult:
+    """Run the spec's growth steps in memory and return the grown model with its report.
+
+    Args:
+        spec: a loaded spec or a path to one.
+        verify: let each pass check its output (exact steps raise on a mismatch); off when rebuilding for
+            :func:`load`, whose weights come from the artifact.
+        weights: load the parents' weights files (off: every parent randomly initialized, same structure).
+    """
+    from .passes import fuse, materialize, widen
+
+    spec = _as_spec(spec)
+    x = example_input(spec)
+    start = time.perf_counter()
+    parents = [build_parent(spec, i, weights=weights) for i in range(len(spec.parents))]
+    options = _template_options(spec)
+    gm: fx.GraphModule | None = None
+    steps: list[dict[str, Any]] = []
+    for i, step in enumerate(spec.growth):
+        t0 = time.perf_counter()
+        try:
+            if spec.is_fusion(i):
+                gm = fuse(
+                    parents,
+                    (x,),
+                    cross_init=step.cross_init or "orthogonal",
+                    cross_scale=1.0 if step.cross_scale is None else step.cross_scale,
+                    cross_templates=step.cross_templates or "own",
+                    head=step.head or "sum",
+                    seed=spec.seed,
+                    templatize_options=options,
+                    verify=verify,
+                )
+                pass_report = gm.meta["growc"]["fuse"]
+            else:
+                base = parents[0] if gm is None else gm
+                gm = widen(
+                    base,
+                    (x,),
+                    factor=int(step.factor or 2),
+                    method=step.method,
+                    seed=spec.seed + i,
+                    templatize_options=options,
+                    verify=verify,
+                )
+                pass_report = gm.meta["growc"]["widen"]
+        except GrowcSpecError:
+            raise
+        except GrowcError as error:
+            raise spec.doc.error(("growth", i), f"step {i} failed: {error}") from None
+        steps.append(
+            {
+                "step": i,
+                "kind": "fuse" if spec.is_fusion(i) else "widen",
+                "factor": step.factor,
+                "method": "mixture" if spec.is_fusion(i) else step.method,
+                "cross_init": step.cross_init,
+                "params": _count(gm),
+                "fallbacks": len(pass_report.get("fallbacks", [])),
+                "output": pass_report.get("output"),
+                "seconds": round(time.perf_counter() - t0, 4),
+                "report": pass_report,
+            }
+        )
+    assert gm is not None
+    gm.train(spec.trace.mode == "train")
+    report = {
+        "name": spec.name,
+        "parents": [
+            {"model": p.model, "kwargs": p.kwargs, "weights": p.weights, "params": _count(m)}
+            for p, m in zip(spec.parents, parents, strict=True)
+        ],
+        "steps": steps,
+        "params": {
+            "parents": [_count(m) for m in parents],
+            "grown": _count(gm),
+            "materialized": _count(materialize(gm)) if verify else None,
+        },
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    gm.meta["growc"]["grow"] = report
+    return GrowResult(gm, x, report)
+
+
+def _eval_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise GrowcError(f"the grown model returns {type(out).__name__}; artifacts need a single output tensor")
+    return out.detach()
+
+
+def grow(
+    spec: GrowthSpec | str | Path,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool | None = None,
+) -> tuple[Path, GrowResult]:
+    """Compile ``spec`` and write its artifact folder atomically; return the folder and the result.
+
+    ``out`` overrides the spec's ``output.folder`` and ``overwrite`` its ``output.overwrite``. A failure (or an
+    interrupt) leaves no folder and no partial file at the destination.
+    """
+    from . import __version__
+
+    spec = _as_spec(spec)
+    if out is None:
+        if spec.output is None:
+            raise spec.doc.error((), "no output folder: set output.folder in the spec or pass --out")
+        out = spec.output.folder
+    if overwrite is None:
+        overwrite = spec.output.overwrite if spec.output else False
+    dest = Path(out)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"output folder '{dest.resolve()}' already exists (pass --overwrite to replace it)")
+    result = compile_spec(spec)
+    gm, x = result.model, result.example
+    output = _eval_output(gm, x)
+    inputs = [
+        {
+            "model": p.model,
+            "weights": str((spec.base_dir / p.weights).resolve()) if p.weights else None,
+            "sha256": sha256_file(spec.base_dir / p.weights) if p.weights else None,
+        }
+        for p in spec.parents
+    ]
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
+        meta = {"format": "growc-artifact", "growc": __version__}
+        save_state_dict(gm, tmp / "model.safetensors", metadata=meta)
+        save_tensors({"input": x, "output": output}, tmp / "probe.safetensors", metadata=meta)
+        header = (
+            f"# growc {__version__}: the resolved spec of this artifact (every default filled in).\n"
+            f"# growc.load() rebuilds the model from it; source: {spec.doc.file}\n"
+        )
+        (tmp / "spec.yaml").write_text(
+            header + yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=None)
+        )
+        (tmp / "code.py").write_text(gm.code)
+        report = {
+            "format": "growc-artifact",
+            "growc": __version__,
+            "source": str(Path(spec.doc.file).resolve()) if Path(spec.doc.file).exists() else spec.doc.file,
+            "inputs": inputs,
+            **result.report,
+            "probe": {"shape": list(x.shape), "tolerance": PROBE_TOLERANCE},
+            "files": {name: {"sha256": sha256_file(tmp / name)} for name in ("model.safetensors", "probe.safetensors")},
+        }
+        write_json(tmp / "report.json", report)
+        (tmp / "report.txt").write_text(format_report(report) + "\n")
+    result.report = report
+    return dest.resolve(), result
+
+
+def load(folder: str | Path, *, verify: bool = True) -> fx.GraphModule:
+    """Rebuild the grown GraphModule of an artifact folder and load its weights (no unpickling).
+
+    The model is rebuilt from ``spec.yaml`` (structure only: parents randomly initialized, no passes' checks), then
+    ``model.safetensors`` is loaded: a missing key, an extra key, a wrong shape or dtype, or bytes that differ from
+    the ones ``growc grow`` wrote (SHA-256 in ``report.json``) raise ``GrowcError`` naming the problem. With
+    ``verify`` the model's eval output on the saved probe input must equal the saved output (within 1e-4 relative).
+    """
+    import json
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise GrowcError(f"'{root}' is not a growc artifact folder (no such folder)")
+    missing = [name for name in ("model.safetensors", "spec.yaml", "report.json") if not (root / name).is_file()]
+    if missing:
+        raise GrowcError(f"'{root}' is not a complete growc artifact: missing {', '.join(missing)}")
+    try:
+        report = json.loads((root / "report.json").read_text())
+    except (OSError, ValueError) as error:
+        raise GrowcError(f"'{root / 'report.json'}' is not valid JSON: {error}") from None
+    if not isinstance(report, dict) or report.get("format") != "growc-artifact":
+        raise GrowcError(f"'{root / 'report.json'}' is not a growc artifact report")
+    spec = load_spec(root / "spec.yaml")
+    gm = compile_spec(spec, verify=False, weights=False).model
+    weights = root / "model.safetensors"
+    tensors = load_state_dict(weights)
+    load_into(gm, tensors, f"weights file '{weights}'")
+    expected = report.get("files", {}).get("model.safetensors", {}).get("sha256")
+    if expected is not None and sha256_file(weights) != expected:
+        raise GrowcError(
+            f"weights file '{weights}' was modified after growc grow wrote it: its SHA-256 differs from the one in "
+            "report.json (keys, shapes and dtypes match, the values do not)"
+        )
+    gm.meta["growc"]["artifact"] = report
+    if verify and (root / "probe.safetensors").is_file():
+        probe = load_state_dict(root / "probe.safetensors")
+        if set(probe) != {"input", "output"}:
+            raise GrowcError(f"'{root / 'probe.safetensors'}' must hold exactly 'input' and 'output'")
+        got = _eval_output(gm, probe["input"])
+        want = probe["output"]
+        scale = want.abs().max().clamp_min(1e-12)
+        error = (got.float() - want.float()).abs().max() / scale
+        if got.shape != want.shape or not error <= PROBE_TOLERANCE:
+            raise GrowcError(
+                f"the rebuilt model's output on the probe input differs from the saved one (max rel "
+                f"{float(error):.3e} > {PROBE_TOLERANCE:g}): the artifact does not reproduce with this growc/torch"
+            )
+    return gm
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A human summary of a grow report: parents, steps with their checks, parameter counts."""
+    name = f" ({report['name']})" if report.get("name") else ""
+    lines = [f"growc grow{name}: growc {report.get('growc', '?')}"]
+    for i, p in enumerate(report["parents"]):
+        lines.append(f"parent {i}: {p['model']} {p['params']:,} parameters, weights: {p['weights'] or 'random init'}")
+    for s in report["steps"]:
+        what = (
+            f"fuse x{s['factor']} (cross_init={s['cross_init']})"
+            if s["kind"] == "fuse"
+            else f"widen x{s['factor']} by {s['method']}"
+        )
+        check = ""
+        if s.get("output"):
+            o = s["output"]
+            check = f"; output vs {o.get('against', 'parents')}: max rel {o['max_rel']:.2e}"
+        lines.append(
+            f"step {s['step']}: {what}: {s['params']:,} parameters, {s['fallbacks']} fallback op(s), "
+            f"{s['seconds']:.2f} s{check}"
+        )
+    params = report["params"]
+    lines.append(
+        f"parameters: parents {' + '.join(f'{n:,}' for n in params['parents'])} -> grown {params['grown']:,}"
+        + (f" (materialized {params['materialized']:,})" if params.get("materialized") is not None else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,364 @@
+"""Compiling growth specs: checks against the graph, artifacts (atomic, round trip), and refusing tampered weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from growc.build import ARTIFACT_FILES, check_spec, compile_spec, grow, load
+from growc.errors import GrowcError
+from growc.io import save_state_dict
+from growc.models import resolve_model
+from growc.passes import templatize
+from growc.spec import load_spec
+from growc.specdoc import GrowcSpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "specs").glob("*.yaml"))
+
+SMALL = """\
+growc: 1
+name: small
+seed: 3
+parents:
+  - {model: growc.models:CNN1d, kwargs: {width: 4, num_classes: 3}, weights: p0.safetensors}
+  - {model: growc.models:CNN1d, kwargs: {width: 4, num_classes: 3}, weights: p1.safetensors}
+input: {shape: [4, 1, 40]}
+templates: {sharing: shape, per_bank: 2, init: exact}
+growth:
+  - {cross_init: orthogonal, cross_scale: 0.5}
+  - {factor: 2, method: net2net}
+"""
+
+
+def _write_parents(folder: Path, seed: int = 0) -> None:
+    for i in range(2):
+        torch.manual_seed(seed + 100 + i)
+        model = resolve_model("growc.models:CNN1d", width=4, num_classes=3)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+            for name, b in model.named_buffers():
+                if name.endswith("running_var"):
+                    b.uniform_(0.5, 1.5)
+        save_state_dict(model, folder / f"p{i}.safetensors")
+
+
+@pytest.fixture
+def small_spec(tmp_path: Path) -> Path:
+    _write_parents(tmp_path)
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("artifact")
+    _write_parents(folder)
+    (folder / "small.yaml").write_text(SMALL)
+    dest, _ = grow(folder / "small.yaml", folder / "out")
+    return dest
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_spec_validates_and_compiles(path: Path, tmp_path: Path) -> None:
+    spec = load_spec(path)
+    plan = check_spec(spec)
+    assert plan["templates"]["selected"] >= 1
+    dest, result = grow(spec, tmp_path / "out")
+    assert sorted(os.listdir(dest)) == sorted(ARTIFACT_FILES)
+    width = 1
+    for step in spec.growth:
+        width *= step.factor
+    assert plan["width_factor"] == width
+    report = json.loads((dest / "report.json").read_text())
+    assert report["params"]["grown"] == sum(p.numel() for p in result.model.parameters())
+    out = result.model.eval()(result.example)
+    assert torch.isfinite(out).all()
+    loaded = load(dest).eval()  # the resolved spec rebuilds the same graph; the probe output reproduces
+    assert loaded.code == result.model.code
+
+
+def test_the_resnet50_family_spec_grows_to_resnet50s_shapes(tmp_path: Path) -> None:
+    result = compile_spec(ROOT / "specs" / "resnet-50-0.5x2-to-resnet-50-imagenet.yaml")
+    assert result.report["params"]["materialized"] == 25_557_032  # torchvision's ResNet-50
+
+
+def test_load_of_grow_equals_the_in_memory_result(small_spec: Path, tmp_path: Path) -> None:
+    dest, result = grow(small_spec, tmp_path / "art")
+    loaded = load(dest)
+    assert loaded.training is True  # traced and returned in the spec's mode (train)
+    expected = result.model.state_dict()
+    assert set(loaded.state_dict()) == set(expected)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    x = torch.randn(5, 1, 40)
+    loaded.eval()
+    result.model.eval()
+    torch.testing.assert_close(loaded(x), result.model(x), rtol=0, atol=0)
+    assert loaded.code == result.model.code
+
+
+def test_the_artifact_holds_the_resolved_spec_and_both_reports(small_spec: Path, tmp_path: Path) -> None:
+    dest, _ = grow(small_spec, tmp_path / "art")
+    resolved = load_spec(dest / "spec.yaml")
+    assert [s.factor for s in resolved.growth] == [2, 2]
+    assert resolved.growth[0].cross_scale == 0.5 and resolved.templates.window == 2
+    assert resolved.parents[0].weights == str(small_spec.parent / "p0.safetensors")
+    report = json.loads((dest / "report.json").read_text())
+    assert [s["kind"] for s in report["steps"]] == ["fuse", "widen"]
+    assert report["steps"][1]["output"]["max_rel"] <= 1e-5  # net2net preserves the function
+    assert len(report["inputs"][0]["sha256"]) == 64
+    assert "step 1: widen x2 by net2net" in (dest / "report.txt").read_text()
+    assert "def forward" in (dest / "code.py").read_text()
+
+
+def test_parents_given_as_templatized_weights_are_loaded_into_templatized_parents(tmp_path: Path) -> None:
+    _write_parents(tmp_path)
+    for i in range(2):
+        model = resolve_model("growc.models:CNN1d", width=4, num_classes=3)
+        model.load_state_dict(load_file(tmp_path / f"p{i}.safetensors"))
+        gm = templatize(model, (torch.randn(4, 1, 40),), sharing="shape", init="fresh", seed=i)
+        save_state_dict(gm, tmp_path / f"t{i}.safetensors")
+    spec_text = SMALL.replace("p0.safetensors", "t0.safetensors").replace("p1.safetensors", "t1.safetensors")
+    spec_text = spec_text.replace("init: exact", "init: fresh")
+    (tmp_path / "t.yaml").write_text(spec_text)
+    spec = load_spec(tmp_path / "t.yaml")
+    assert check_spec(spec)["parents"][0]["templatized"] is True
+    result = compile_spec(spec)
+    zero = compile_spec(load_spec(tmp_path / "t.yaml", text=spec_text.replace("orthogonal", "zero")))
+    assert zero.report["steps"][0]["output"]["max_rel"] <= 1e-5
+    assert result.report["steps"][0]["kind"] == "fuse"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("templates: {sharing: shape, per_bank: 2, init: exact}", "templates: {layers: [features.*, head*]}"),
+            "small.yaml:8:34: templates.layers[1]: pattern 'head*' matches no templatable weight of "
+            "growc.models:CNN1d (4: features.0.weight, features.3.weight, features.6.weight, fc.weight)",
+        ),
+        (
+            ("seed: 3", "seed: 3\ntrace: {leaf_modules: [features.9]}"),
+            "small.yaml:4:24: trace.leaf_modules[0]: parent 0 (growc.models:CNN1d) has no submodule 'features.9'",
+        ),
+        (
+            ("{width: 4, num_classes: 3}, weights: p1.safetensors", "{width: 4, num_classes: 5}"),
+            "small.yaml:6:5: parents[1]: parent 1 is not parent 0's architecture: 'fc.weight' has shape (5, 4), "
+            "parent 0's (3, 4) (every parent must have the same layers and shapes)",
+        ),
+        (
+            ("weights: p1.safetensors", "weights: nope.safetensors"),
+            "small.yaml:6:78: parents[1].weights: weights file '{dir}/nope.safetensors' does not exist",
+        ),
+        (
+            (
+                "model: growc.models:CNN1d, kwargs: {width: 4, num_classes: 3}, weights: p0",
+                "model: growc.models:Nope, kwargs: {width: 4, num_classes: 3}, weights: p0",
+            ),
+            "small.yaml:5:13: parents[0].model: 'growc.models' has no attribute 'Nope' (model 'growc.models:Nope')",
+        ),
+        (
+            ("{width: 4, num_classes: 3}, weights: p0", "{width: 4, classes: 3}, weights: p0"),
+            "small.yaml:5:41: parents[0].kwargs: building 'growc.models:CNN1d' failed: TypeError: CNN1d.__init__() "
+            "got an unexpected keyword argument 'classes'",
+        ),
+        (
+            ("[4, 1, 40]", "[4, 3, 40]"),
+            "small.yaml:7:16: input.shape: parent 0 (growc.models:CNN1d) fails on an input of this shape: shape "
+            "analysis: node 'features_0' (call_module features.0) fails on inputs of shapes [(4, 3, 40)]: "
+            "RuntimeError: Given groups=1, weight of size [4, 1, 5], expected input[4, 3, 40] to have 1 channels, "
+            "but got 3 channels instead. Do the example inputs fit the model?",
+        ),
+    ],
+)
+def test_checks_against_the_graph_point_at_the_spec_line(small_spec: Path, edit: tuple[str, str], message: str) -> None:
+    assert edit[0] in SMALL
+    small_spec.write_text(SMALL.replace(*edit))
+    with pytest.raises(GrowcSpecError) as info:
+        check_spec(small_spec)
+    assert str(info.value) == f"{small_spec.parent}/{message}".replace("{dir}", str(small_spec.parent))
+
+
+def test_a_parent_weights_file_that_does_not_fit_is_refused_with_the_key(small_spec: Path) -> None:
+    tensors = load_file(small_spec.parent / "p1.safetensors")
+    tensors["fc.weight"] = torch.zeros(3, 5)
+    save_file(tensors, small_spec.parent / "p1.safetensors")
+    with pytest.raises(
+        GrowcSpecError,
+        match=r"small.yaml:6:78: parents\[1\].weights: weights file '.*p1.safetensors' "
+        r"does not match the model: 'fc.weight' has shape \[3, 5\], the model expects \[3, 4\]",
+    ):
+        compile_spec(small_spec)
+
+
+def test_grow_refuses_an_existing_folder_and_writes_nothing_without_an_output(small_spec: Path) -> None:
+    (small_spec.parent / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        grow(small_spec, small_spec.parent / "taken")
+    with pytest.raises(GrowcSpecError, match=r"no output folder: set output\.folder in the spec or pass --out"):
+        grow(small_spec)
+
+
+def test_a_failing_compile_leaves_no_artifact(small_spec: Path) -> None:
+    (small_spec.parent / "p1.safetensors").write_bytes(b"not safetensors")
+    before = set(os.listdir(small_spec.parent))
+    with pytest.raises(GrowcSpecError, match="is not a valid safetensors file"):
+        grow(small_spec, small_spec.parent / "out")
+    assert set(os.listdir(small_spec.parent)) == before
+
+
+# ------------------------------------------------------------------------------------------- tampered weights
+
+
+def _tampered(artifact: Path, tmp_path: Path, change) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    tensors = load_file(copy / "model.safetensors")
+    change(tensors)
+    save_file(tensors, copy / "model.safetensors")
+    return copy
+
+
+def _first_key(tensors: dict[str, torch.Tensor]) -> str:
+    return next(k for k in tensors if k.endswith("templates"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda t: t.__setitem__(_first_key(t), torch.zeros(1)),
+            r"does not match the model: '{key}' has shape \[1\], the model expects \[2, 4, 1, 5\]$",
+        ),
+        (
+            lambda t: t.pop(_first_key(t)),
+            r"does not match the model: missing key\(s\) '{key}'$",
+        ),
+        (
+            lambda t: t.__setitem__("backdoor.weight", torch.zeros(2)),
+            r"does not match the model: unexpected key\(s\) 'backdoor.weight'$",
+        ),
+        (
+            lambda t: t.__setitem__(_first_key(t), t[_first_key(t)].double()),
+            r"does not match the model: '{key}' has dtype torch.float64, the model expects torch.float32$",
+        ),
+        (
+            lambda t: t[_first_key(t)].add_(1e-3),
+            r"was modified after growc grow wrote it: its SHA-256 differs from the one in report.json",
+        ),
+    ],
+    ids=["wrong-shape", "missing-key", "extra-key", "wrong-dtype", "changed-values"],
+)
+def test_tampered_weights_are_refused_with_a_specific_message(
+    artifact: Path,
+    tmp_path: Path,
+    change,
+    message: str,
+) -> None:
+    key = _first_key(load_file(artifact / "model.safetensors"))
+    copy = _tampered(artifact, tmp_path, change)
+    with pytest.raises(GrowcError, match=message.replace("{key}", re.escape(key))):
+        load(copy)
+
+
+def test_a_pickle_in_place_of_the_weights_is_never_unpickled(artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"x": Exploit()}, copy / "model.safetensors", _use_new_zipfile_serialization=True)
+    with pytest.raises(GrowcError, match="is not a valid safetensors file"):
+        load(copy)
+    assert not marker.exists()
+
+
+def test_an_incomplete_or_foreign_folder_is_refused(artifact: Path, tmp_path: Path) -> None:
+    with pytest.raises(GrowcError, match="no such folder"):
+        load(tmp_path / "missing")
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    (copy / "spec.yaml").unlink()
+    with pytest.raises(GrowcError, match=r"is not a complete growc artifact: missing spec\.yaml"):
+        load(copy)
+
+
+def test_a_probe_that_does_not_reproduce_is_refused(artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    probe = load_file(copy / "probe.safetensors")
+    probe["output"] = probe["output"] + 1.0
+    save_file(probe, copy / "probe.safetensors")
+    with pytest.raises(GrowcError, match="output on the probe input differs from the saved one"):
+        load(copy)
+    assert isinstance(load(copy, verify=False), torch.fx.GraphModule)
+
+
+# ------------------------------------------------------------------------------------------------ interrupts
+
+_SLOW_GROW = """
+import sys, time
+import growc.build as G
+write = G.write_json
+def slow(path, data):
+    write(path, data)
+    print("WRITING", flush=True)
+    time.sleep(120)
+G.write_json = slow
+from growc.cli import main
+sys.exit(main(["grow", sys.argv[1], "--out", sys.argv[2]]))
+"""
+
+
+def _interrupt(spec: Path, out: Path, sig: int) -> int:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_SLOW_GROW), str(spec), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "WRITING", (line, proc.stderr.read() if proc.stderr else "")
+        assert any(p.name.startswith(".out.tmp-") for p in out.parent.iterdir())  # mid-write: the temp folder exists
+        proc.send_signal(sig)
+        return proc.wait(timeout=60)
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupting_grow_mid_write_leaves_no_artifact_and_no_partial_file(small_spec: Path, sig: int) -> None:
+    before = set(os.listdir(small_spec.parent))
+    code = _interrupt(small_spec, small_spec.parent / "out", sig)
+    assert code == (130 if sig == signal.SIGINT else 128 + signal.SIGTERM)
+    assert set(os.listdir(small_spec.parent)) == before
+
+
+def test_a_killed_grow_leaves_no_artifact_and_the_next_grow_clears_its_debris(small_spec: Path) -> None:
+    out = small_spec.parent / "out"
+    assert _interrupt(small_spec, out, signal.SIGKILL) == -signal.SIGKILL
+    assert not out.exists()
+    debris = [p for p in small_spec.parent.iterdir() if p.name.startswith(".out.tmp-")]
+    assert len(debris) == 1  # SIGKILL allows no cleanup: only the hidden temporary folder is left
+    grow(small_spec, out)
+    assert sorted(os.listdir(out)) == sorted(ARTIFACT_FILES)
+    assert not any(p.name.startswith(".out.tmp-") for p in small_spec.parent.iterdir())
