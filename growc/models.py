@@ -5,6 +5,8 @@ A model reference is one of:
 * a built-in name: ``wrn-D-K`` (pre-activation Wide ResNet for 32x32 inputs, depth D = 6n+4, width factor K, as
   in the MixtureGrowth reference code; e.g. ``wrn-28-10``, ``wrn-16-4``) or ``cnn1d-W`` (a small 1-D CNN of width
   W for length-40 sequences);
+* ``resnet-D-W``: ImageNet ResNet-D (18, 34, 50, 101, 152) with every channel count scaled by W (e.g.
+  ``resnet-50-0.5``, the half-width parent of the paper's ImageNet experiment);
 * ``torchvision:NAME`` (``torchvision.models.get_model(NAME, weights=None)``);
 * ``package.module:factory`` (any importable callable returning an ``nn.Module``).
 
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from .errors import GrowcConfigError
 
-__all__ = ["CNN1d", "WideResNet", "default_input_shape", "resolve_model"]
+__all__ = ["CNN1d", "ResNet", "WideResNet", "default_input_shape", "resolve_model"]
 
 
 class _PreActBlock(nn.Module):
@@ -87,6 +89,95 @@ class WideResNet(nn.Module):
         return self.fc(out)
 
 
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(in_planes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+            if stride != 1 or in_planes != out
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            if stride != 1 or in_planes != planes
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+_RESNET_STAGES = {18: (_Basic, (2, 2, 2, 2)), 34: (_Basic, (3, 4, 6, 3)), 50: (_Bottleneck, (3, 4, 6, 3)),
+                  101: (_Bottleneck, (3, 4, 23, 3)), 152: (_Bottleneck, (3, 8, 36, 3))}  # fmt: skip
+
+
+class ResNet(nn.Module):
+    """ImageNet ResNet-depth (He et al.; torchvision's layout) with every channel count scaled by ``width``.
+
+    ``width=0.5`` is the half-width parent of the paper's ImageNet experiment: two ``resnet-50-0.5`` fuse into a
+    network of ``resnet-50-1`` 's channel counts (stem included). Channel counts are ``round(c * width)``.
+    """
+
+    def __init__(self, depth: int = 50, width: float = 1.0, num_classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        if depth not in _RESNET_STAGES:
+            raise GrowcConfigError(f"ResNet depth must be one of {sorted(_RESNET_STAGES)}, got {depth}")
+        if not width > 0:
+            raise GrowcConfigError(f"ResNet width must be positive, got {width}")
+        block, counts = _RESNET_STAGES[depth]
+        stem = round(64 * width)
+        self.conv1 = nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_planes = stem
+        stages = []
+        for i, (base, count) in enumerate(zip((64, 128, 256, 512), counts, strict=True)):
+            planes = round(base * width)
+            layers = []
+            for j in range(count):
+                layers.append(block(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
+                in_planes = planes * block.expansion
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 class CNN1d(nn.Module):
     """A small 1-D CNN (3 conv-BN-ReLU layers of ``width`` channels, global pooling, linear head)."""
 
@@ -116,8 +207,17 @@ _BUILTINS: list[tuple[re.Pattern[str], Callable[..., nn.Module], tuple[int, ...]
         (2, 3, 32, 32),
     ),
     (re.compile(r"cnn1d-(?P<width>\d+)"), lambda width, **kw: CNN1d(int(width), **kw), (2, 1, 40)),
+    (
+        re.compile(r"resnet-(?P<depth>\d+)-(?P<width>\d+(?:\.\d+)?)"),
+        lambda depth, width, **kw: ResNet(int(depth), float(width), **kw),
+        (2, 3, 224, 224),
+    ),
 ]
-BUILTIN_NAMES = ("wrn-D-K (e.g. wrn-16-4, wrn-28-10)", "cnn1d-W (e.g. cnn1d-32)")
+BUILTIN_NAMES = (
+    "wrn-D-K (e.g. wrn-16-4, wrn-28-10)",
+    "cnn1d-W (e.g. cnn1d-32)",
+    "resnet-D-W (e.g. resnet-50-0.5, resnet-18-1)",
+)
 
 
 def _builtin(name: str) -> tuple[Callable[..., nn.Module], dict[str, str], tuple[int, ...]] | None:

@@ -43,3 +43,20 @@ def test_module_factory_reference() -> None:
         resolve_model("growc.models:Nope")
     with pytest.raises(growc.GrowcConfigError, match="cannot import 'no_such_pkg'"):
         resolve_model("no_such_pkg:f")
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_builtin_resnet_matches_torchvision_layout_and_scales_every_width(depth: int) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    ours = resolve_model(f"resnet-{depth}-1").state_dict()
+    theirs = getattr(torchvision.models, f"resnet{depth}")().state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    half = resolve_model(f"resnet-{depth}-0.5", num_classes=7)
+    assert half.conv1.out_channels == 32 and half.fc.out_features == 7
+    assert half(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    assert default_input_shape(f"resnet-{depth}-0.5") == (2, 3, 224, 224)
+
+
+def test_resnet_rejects_bad_depth() -> None:
+    with pytest.raises(growc.GrowcConfigError, match=r"ResNet depth must be one of \[18, 34, 50, 101, 152\], got 20"):
+        resolve_model("resnet-20-1")
