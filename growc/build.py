@@ -33,12 +33,21 @@ from .io import (
     sha256_file,
     write_json,
 )
-from .models import resolve_model
+from .models import is_safe_reference, resolve_model
 from .spec import GrowthSpec, load_spec
 from .specdoc import GrowcSpecError
 from .trace import trace
 
-__all__ = ["GrowResult", "check_spec", "compile_spec", "format_plan", "format_report", "grow", "load"]
+__all__ = [
+    "GrowResult",
+    "check_spec",
+    "compile_spec",
+    "format_plan",
+    "format_report",
+    "grow",
+    "load",
+    "write_artifact",
+]
 
 ARTIFACT_FILES = ("model.safetensors", "spec.yaml", "report.json", "report.txt", "code.py", "probe.safetensors")
 PROBE_TOLERANCE = 1e-4
@@ -74,19 +83,27 @@ def _template_options(spec: GrowthSpec) -> dict[str, Any]:
     return options
 
 
-def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True) -> nn.Module:
+def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True, trust_code: bool = True) -> nn.Module:
     """Parent ``index``: built from its reference under seed ``seed + index``, with its weights file loaded.
 
     A weights file of a templatized parent (keys under ``growc_banks.``) is loaded into the parent templatized with
-    the spec's template policy.
+    the spec's template policy. The caller's random state is left as it was. With ``trust_code=False`` only
+    built-in and ``torchvision:`` references are accepted (``package.module:factory`` imports and runs code).
     """
     from .passes import templatize
 
     parent = spec.parents[index]
     doc = spec.doc
-    torch.manual_seed(spec.seed + index)
+    if not trust_code and not is_safe_reference(parent.model):
+        raise doc.error(
+            ("parents", index, "model"),
+            f"'{parent.model}' imports and runs code named by this file; load it with trust_code=True "
+            "(growc show --trust-code) only if you trust where it came from",
+        )
     try:
-        model = resolve_model(parent.model, **parent.kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed + index)
+            model = resolve_model(parent.model, **parent.kwargs)
     except GrowcError as error:
         raise doc.error(("parents", index, "model"), str(error)) from None
     except Exception as error:  # noqa: BLE001 - a user factory can raise anything; say which and where
@@ -123,12 +140,15 @@ def check_spec(spec: GrowthSpec | str | Path) -> dict[str, Any]:
 
     Raises :class:`~growc.specdoc.GrowcSpecError` located at the offending spec value.
     """
+    spec = _as_spec(spec)
+    return _validate(spec, [build_parent(spec, i) for i in range(len(spec.parents))])
+
+
+def _validate(spec: GrowthSpec, parents: list[nn.Module]) -> dict[str, Any]:
     from .passes import layer_matches, templatable_weights
 
-    spec = _as_spec(spec)
     doc = spec.doc
     x = example_input(spec)
-    parents = [build_parent(spec, i) for i in range(len(spec.parents))]
     plan_parents = []
     names: list[str] = []
     for i, model in enumerate(parents):
@@ -242,21 +262,27 @@ def format_plan(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def compile_spec(spec: GrowthSpec | str | Path, *, verify: bool = True, weights: bool = True) -> GrowResult:
+def compile_spec(
+    spec: GrowthSpec | str | Path, *, verify: bool = True, weights: bool = True, trust_code: bool = True
+) -> GrowResult:
     """Run the spec's growth steps in memory and return the grown model with its report.
 
     Args:
         spec: a loaded spec or a path to one.
-        verify: let each pass check its output (exact steps raise on a mismatch); off when rebuilding for
-            :func:`load`, whose weights come from the artifact.
+        verify: validate the spec against the traced parents first (:func:`check_spec`) and let each pass check
+            its output (exact steps raise on a mismatch); off when rebuilding for :func:`load`, whose weights come
+            from the artifact.
         weights: load the parents' weights files (off: every parent randomly initialized, same structure).
+        trust_code: accept ``package.module:factory`` references (they import and run code).
     """
     from .passes import fuse, materialize, widen
 
     spec = _as_spec(spec)
     x = example_input(spec)
     start = time.perf_counter()
-    parents = [build_parent(spec, i, weights=weights) for i in range(len(spec.parents))]
+    parents = [build_parent(spec, i, weights=weights, trust_code=trust_code) for i in range(len(spec.parents))]
+    if verify:
+        _validate(spec, parents)
     options = _template_options(spec)
     gm: fx.GraphModule | None = None
     steps: list[dict[str, Any]] = []
@@ -290,8 +316,9 @@ def compile_spec(spec: GrowthSpec | str | Path, *, verify: bool = True, weights:
                 pass_report = gm.meta["growc"]["widen"]
         except GrowcSpecError:
             raise
-        except GrowcError as error:
-            raise spec.doc.error(("growth", i), f"step {i} failed: {error}") from None
+        except (GrowcError, RuntimeError, MemoryError) as error:
+            kind = "" if isinstance(error, GrowcError) else f"{type(error).__name__}: "
+            raise spec.doc.error(("growth", i), f"step {i} failed: {kind}{error}") from None
         steps.append(
             {
                 "step": i,
@@ -350,8 +377,6 @@ def grow(
     ``out`` overrides the spec's ``output.folder`` and ``overwrite`` its ``output.overwrite``. A failure (or an
     interrupt) leaves no folder and no partial file at the destination.
     """
-    from . import __version__
-
     spec = _as_spec(spec)
     if out is None:
         if spec.output is None:
@@ -363,8 +388,6 @@ def grow(
     if dest.exists() and not overwrite:
         raise FileExistsError(f"output folder '{dest.resolve()}' already exists (pass --overwrite to replace it)")
     result = compile_spec(spec)
-    gm, x = result.model, result.example
-    output = _eval_output(gm, x)
     inputs = [
         {
             "model": p.model,
@@ -373,10 +396,40 @@ def grow(
         }
         for p in spec.parents
     ]
+    result.report = write_artifact(
+        dest, spec, result.model, result.example, {"inputs": inputs, **result.report}, overwrite=overwrite
+    )
+    return dest.resolve(), result
+
+
+def write_artifact(
+    dest: str | Path,
+    spec: GrowthSpec,
+    gm: fx.GraphModule,
+    example: torch.Tensor,
+    report: dict[str, Any],
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``gm`` as an artifact folder of ``spec`` (atomically) and return the full report written.
+
+    ``gm`` must be the graph :func:`compile_spec` builds from ``spec`` (with any weights, e.g. after training):
+    :func:`load` rebuilds it from the resolved spec.
+    """
+    from . import __version__
+
+    dest = Path(dest)
+    if dest.exists() and overwrite and (not dest.is_dir() or any(dest.iterdir())):
+        if not (dest / "report.json").is_file() or '"growc-artifact"' not in (dest / "report.json").read_text():
+            raise GrowcError(
+                f"refusing to replace '{dest}': it is not a growc artifact folder (no growc report.json); "
+                "choose another output folder"
+            )
+    output = _eval_output(gm, example)
     with atomic_directory(dest, overwrite=overwrite) as tmp:
         meta = {"format": "growc-artifact", "growc": __version__}
         save_state_dict(gm, tmp / "model.safetensors", metadata=meta)
-        save_tensors({"input": x, "output": output}, tmp / "probe.safetensors", metadata=meta)
+        save_tensors({"input": example, "output": output}, tmp / "probe.safetensors", metadata=meta)
         header = (
             f"# growc {__version__}: the resolved spec of this artifact (every default filled in).\n"
             f"# growc.load() rebuilds the model from it; source: {spec.doc.file}\n"
@@ -385,64 +438,84 @@ def grow(
             header + yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=None)
         )
         (tmp / "code.py").write_text(gm.code)
-        report = {
+        full = {
             "format": "growc-artifact",
             "growc": __version__,
             "source": str(Path(spec.doc.file).resolve()) if Path(spec.doc.file).exists() else spec.doc.file,
-            "inputs": inputs,
-            **result.report,
-            "probe": {"shape": list(x.shape), "tolerance": PROBE_TOLERANCE},
+            **report,
+            "probe": {"shape": list(example.shape), "tolerance": PROBE_TOLERANCE},
             "files": {name: {"sha256": sha256_file(tmp / name)} for name in ("model.safetensors", "probe.safetensors")},
         }
-        write_json(tmp / "report.json", report)
-        (tmp / "report.txt").write_text(format_report(report) + "\n")
-    result.report = report
-    return dest.resolve(), result
+        write_json(tmp / "report.json", full)
+        (tmp / "report.txt").write_text(format_report(full) + "\n")
+    return full
 
 
-def load(folder: str | Path, *, verify: bool = True) -> fx.GraphModule:
+def _artifact_report(root: Path) -> dict[str, Any]:
+    import json
+
+    path = root / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise GrowcError(f"'{path}' is not valid JSON: {error}") from None
+    if not isinstance(report, dict) or report.get("format") != "growc-artifact":
+        raise GrowcError(f"'{path}' is not a growc artifact report")
+    files = report.get("files")
+    for name in ("model.safetensors", "probe.safetensors"):
+        entry = files.get(name) if isinstance(files, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise GrowcError(f"'{path}' has no SHA-256 for {name}: the artifact's integrity cannot be checked")
+    return report
+
+
+def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -> fx.GraphModule:
     """Rebuild the grown GraphModule of an artifact folder and load its weights (no unpickling).
 
     The model is rebuilt from ``spec.yaml`` (structure only: parents randomly initialized, no passes' checks), then
     ``model.safetensors`` is loaded: a missing key, an extra key, a wrong shape or dtype, or bytes that differ from
     the ones ``growc grow`` wrote (SHA-256 in ``report.json``) raise ``GrowcError`` naming the problem. With
     ``verify`` the model's eval output on the saved probe input must equal the saved output (within 1e-4 relative).
-    """
-    import json
 
+    An artifact whose parents are ``package.module:factory`` references would import and run that code: that needs
+    ``trust_code=True``; built-ins, growc's model classes and ``torchvision:`` models do not.
+    """
     root = Path(folder)
     if not root.is_dir():
         raise GrowcError(f"'{root}' is not a growc artifact folder (no such folder)")
     missing = [name for name in ("model.safetensors", "spec.yaml", "report.json") if not (root / name).is_file()]
     if missing:
         raise GrowcError(f"'{root}' is not a complete growc artifact: missing {', '.join(missing)}")
-    try:
-        report = json.loads((root / "report.json").read_text())
-    except (OSError, ValueError) as error:
-        raise GrowcError(f"'{root / 'report.json'}' is not valid JSON: {error}") from None
-    if not isinstance(report, dict) or report.get("format") != "growc-artifact":
-        raise GrowcError(f"'{root / 'report.json'}' is not a growc artifact report")
-    spec = load_spec(root / "spec.yaml")
-    gm = compile_spec(spec, verify=False, weights=False).model
+    report = _artifact_report(root)
     weights = root / "model.safetensors"
-    tensors = load_state_dict(weights)
-    load_into(gm, tensors, f"weights file '{weights}'")
-    expected = report.get("files", {}).get("model.safetensors", {}).get("sha256")
-    if expected is not None and sha256_file(weights) != expected:
-        raise GrowcError(
-            f"weights file '{weights}' was modified after growc grow wrote it: its SHA-256 differs from the one in "
-            "report.json (keys, shapes and dtypes match, the values do not)"
-        )
+    probe_path = root / "probe.safetensors"
+    spec = load_spec(root / "spec.yaml")
+    gm = compile_spec(spec, verify=False, weights=False, trust_code=trust_code).model
+    load_into(gm, load_state_dict(weights), f"weights file '{weights}'")  # names the key of any mismatch
+    for name, path in (("model.safetensors", weights), ("probe.safetensors", probe_path)):
+        if path.is_file() and sha256_file(path) != report["files"][name]["sha256"]:
+            raise GrowcError(
+                f"{name} in '{root}' was modified after growc grow wrote it: its SHA-256 differs from the one in "
+                "report.json (its keys, shapes and dtypes match the model; its bytes do not)"
+            )
     gm.meta["growc"]["artifact"] = report
-    if verify and (root / "probe.safetensors").is_file():
-        probe = load_state_dict(root / "probe.safetensors")
+    if verify and probe_path.is_file():
+        probe = load_state_dict(probe_path)
         if set(probe) != {"input", "output"}:
-            raise GrowcError(f"'{root / 'probe.safetensors'}' must hold exactly 'input' and 'output'")
-        got = _eval_output(gm, probe["input"])
-        want = probe["output"]
-        scale = want.abs().max().clamp_min(1e-12)
+            raise GrowcError(f"'{probe_path}' must hold exactly 'input' and 'output'")
+        x, want = probe["input"], probe["output"]
+        if list(x.shape) != list(spec.input.shape) or x.dtype != DTYPES[spec.input.dtype]:
+            raise GrowcError(
+                f"'{probe_path}' holds an input of shape {list(x.shape)} and dtype {x.dtype}; the spec's is "
+                f"{spec.input.shape} {spec.input.dtype}"
+            )
+        got = _eval_output(gm, x)
+        if got.shape != want.shape:
+            raise GrowcError(f"the rebuilt model outputs shape {list(got.shape)}; the probe saved {list(want.shape)}")
+        scale = want.float().abs().max().clamp_min(1e-12)
         error = (got.float() - want.float()).abs().max() / scale
-        if got.shape != want.shape or not error <= PROBE_TOLERANCE:
+        if not error <= PROBE_TOLERANCE:
             raise GrowcError(
                 f"the rebuilt model's output on the probe input differs from the saved one (max rel "
                 f"{float(error):.3e} > {PROBE_TOLERANCE:g}): the artifact does not reproduce with this growc/torch"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -142,14 +143,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--heatmap", default=None, metavar="FILE", help="draw the coefficients per layer (.png/.svg/.pdf)")
     s.add_argument("--json", action="store_true", help="print the plan or report as JSON")
+    s.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="load an artifact whose parents are package.module:factory references (imports and runs that code)",
+    )
     s.set_defaults(func=_show)
+
+    r = commands.add_parser(
+        "train",
+        help="run a training recipe: train the parents, grow, keep training (resumes when rerun)",
+        description="Run RECIPE's phases with a progress bar per epoch, metrics, atomic checkpoints and plots. "
+        "Rerunning the same command continues from the last checkpoint. Under torchrun it trains with DDP.",
+    )
+    r.add_argument("recipe", metavar="RECIPE", help="training recipe (YAML)")
+    r.add_argument("--out", default=None, metavar="DIR", help="run folder (overrides output.folder)")
+    r.add_argument(
+        "--stop-after", type=_positive, default=None, metavar="N", help="stop after N epochs (resume by rerunning)"
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines still print)")
+    r.add_argument("--json", action="store_true", help="print the results as JSON")
+    r.set_defaults(func=_train)
 
     j = commands.add_parser(
         "schema",
-        help="print the JSON Schema of growth specs",
-        description="Print (or write) the JSON Schema of growth specs, for editors' YAML validation.",
+        help="print the JSON Schema of growth specs (or of recipes)",
+        description="Print (or write) the JSON Schema of growth specs (--recipe: of training recipes), for editors' "
+        "YAML validation.",
     )
     j.add_argument("--out", default=None, metavar="FILE", help="write it to FILE instead of printing it")
+    j.add_argument("--recipe", action="store_true", help="the schema of training recipes instead")
     j.set_defaults(func=_schema)
     return parser
 
@@ -328,7 +351,7 @@ def _show(args: argparse.Namespace) -> int:
     target = Path(args.target)
     drawing = args.graph or args.channels or args.heatmap
     if target.is_dir():
-        model = load(target)
+        model = load(target, trust_code=args.trust_code)
         report = model.meta["growc"]["artifact"]
         print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
         from .io import load_state_dict
@@ -355,15 +378,28 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import StoppedEarly, format_results, train
+
+    try:
+        results = train(args.recipe, args.out, stop_after=args.stop_after, progress=not args.no_progress)
+    except StoppedEarly as stop:
+        print(f"growc train: {stop}")
+        return 0
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(results, indent=2, default=str) if args.json else format_results(results))
+    return 0
+
+
 def _schema(args: argparse.Namespace) -> int:
     from .io import atomic_write_text
     from .spec import spec_json_schema_text
 
     if args.out:
-        atomic_write_text(args.out, spec_json_schema_text())
+        atomic_write_text(args.out, spec_json_schema_text("recipe" if args.recipe else "spec"))
         print(f"wrote {args.out}")
     else:
-        sys.stdout.write(spec_json_schema_text())
+        sys.stdout.write(spec_json_schema_text("recipe" if args.recipe else "spec"))
     return 0
 
 

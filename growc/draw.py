@@ -63,6 +63,7 @@ def graph_dot(gm: fx.GraphModule, title: str = "growc") -> str:
 def write_graphic(dot: str, path: str | Path) -> Path:
     """Write DOT text to ``path``: ``.dot``/``.gv`` as text, ``.svg``/``.png``/``.pdf`` rendered by Graphviz."""
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     suffix = target.suffix.lower()
     if suffix in (".dot", ".gv"):
         atomic_write_text(target, dot)
@@ -119,7 +120,11 @@ def coefficient_heatmap(gm: nn.Module, path: str | Path, *, title: str = "templa
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise GrowcError("the heatmap needs matplotlib: pip install 'growc[plot]'") from error
+        raise GrowcError("the heatmap needs matplotlib: pip install matplotlib") from error
+    target = Path(path)
+    if target.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise GrowcError(f"cannot draw the heatmap to '{target}': use a .png, .svg or .pdf file name")
+    target.parent.mkdir(parents=True, exist_ok=True)
     rows = coefficient_rows(gm)
     width = max(len(values) for _, values in rows)
     grid = [[*values, *([math.nan] * (width - len(values)))] for _, values in rows]
@@ -134,7 +139,6 @@ def coefficient_heatmap(gm: nn.Module, path: str | Path, *, title: str = "templa
         ax.set_title(title)
         fig.colorbar(image, ax=ax, fraction=0.05)
         fig.tight_layout()
-        target = Path(path)
         tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
         fig.savefig(tmp, dpi=120)
         tmp.replace(target)

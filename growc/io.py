@@ -45,21 +45,23 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
     folder is moved aside first and deleted only after the new one is in place.
     """
     dest = Path(destination).resolve()
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"output folder '{dest}' already exists (pass --overwrite to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(dest)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"output folder '{dest}' already exists (pass --overwrite to replace it)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     try:
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the artifact gets the usual permissions
+        _sync_tree(tmp)  # the bytes are on disk before the rename makes them visible
         old = None
         if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{os.getpid()}-", dir=dest.parent))
             os.replace(dest, old / dest.name)
         os.replace(tmp, dest)
+        _sync_dir(dest.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -67,11 +69,39 @@ def atomic_directory(destination: str | os.PathLike[str], *, overwrite: bool = F
         raise
 
 
+def _sync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _sync_dir(Path(folder))
+
+
 def _remove_stale(dest: Path) -> None:
-    """Delete temporary folders a killed writer (SIGKILL: no cleanup possible) left beside ``dest``."""
-    for entry in dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*-*"):
-        pid = entry.name[len(dest.name) + 6 :].partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    """Clean up after a writer that was killed (SIGKILL: no cleanup possible) beside ``dest``: delete its temporary
+    folder; and if it died while replacing ``dest``, put the previous ``dest`` back (or drop it once the new one is
+    in place)."""
+    for kind in ("tmp", "old"):
+        for entry in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*-*"):
+            pid = entry.name[len(dest.name) + len(kind) + 3 :].partition("-")[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            previous = entry / dest.name
+            if kind == "old" and previous.exists() and not dest.exists():
+                os.replace(previous, dest)
             shutil.rmtree(entry, ignore_errors=True)
 
 

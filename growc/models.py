@@ -213,6 +213,8 @@ _BUILTINS: list[tuple[re.Pattern[str], Callable[..., nn.Module], tuple[int, ...]
         (2, 3, 224, 224),
     ),
 ]
+# references that name growc's own model classes: safe to rebuild from an untrusted file (growc.load)
+SAFE_FACTORIES = frozenset({"growc.models:WideResNet", "growc.models:CNN1d", "growc.models:ResNet"})
 BUILTIN_NAMES = (
     "wrn-D-K (e.g. wrn-16-4, wrn-28-10)",
     "cnn1d-W (e.g. cnn1d-32)",
@@ -226,6 +228,11 @@ def _builtin(name: str) -> tuple[Callable[..., nn.Module], dict[str, str], tuple
         if match:
             return factory, match.groupdict(), shape
     return None
+
+
+def is_safe_reference(ref: str) -> bool:
+    """Whether building ``ref`` runs only growc's or torchvision's own model code (no import of a named module)."""
+    return ref in SAFE_FACTORIES or ref.startswith("torchvision:") or _builtin(ref) is not None
 
 
 def default_input_shape(ref: str) -> tuple[int, ...] | None:

@@ -19,12 +19,13 @@ every key is docs/specs.md; :func:`spec_json_schema` exports the JSON Schema edi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
-from .specdoc import GrowcSpecError, Located, SpecModel, load_document
+from .specdoc import GrowcSpecError, Located, SpecModel, exact_int, load_document, plain_data
 
 __all__ = [
     "SPEC_VERSION",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 SPEC_VERSION = 1
+MAX_FACTOR = 64  # a larger factor in one step is a typo (and would not fit in memory)
 PositiveInt = Annotated[int, Field(ge=1)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -58,11 +60,19 @@ class ParentSpec(SpecModel):
         "spec file; null: random initialization seeded by seed + the parent's index",
     )
 
+    @field_validator("kwargs")
+    @classmethod
+    def _plain_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        plain_data(value, "kwargs")
+        return value
+
 
 class InputSpec(SpecModel):
     """The example input used to trace, propagate shapes and check outputs."""
 
-    shape: list[PositiveInt] = Field(min_length=1, description="shape of the example input, batch first")
+    shape: list[PositiveInt] = Field(
+        min_length=1, max_length=8, description="shape of the example input, batch first (at most 2**28 elements)"
+    )
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = Field(
         default="float32", description="dtype of the input and of the model"
     )
@@ -86,11 +96,13 @@ class TemplateSpec(SpecModel):
     sharing: Literal["layer", "shape", "shape_window"] = Field(
         default="layer", description="which weights share a bank: each its own, all of one shape, or windows"
     )
-    per_bank: PositiveInt = Field(default=2, description="templates per bank (K)")
+    per_bank: Annotated[int, Field(ge=1, le=1024)] = Field(default=2, description="templates per bank (K)")
     init: Literal["exact", "svd", "fresh"] = Field(
         default="exact", description="exact (function-preserving), svd (rank-K fit) or fresh (Kaiming templates)"
     )
-    window: PositiveInt = Field(default=2, description="bank size for sharing: shape_window (unused otherwise)")
+    window: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=2, description="bank size for sharing: shape_window (unused otherwise)"
+    )
     layers: list[NonEmpty] | None = Field(
         default=None,
         description="glob patterns of the weights to templatize (names or module paths); null: every weight. "
@@ -102,13 +114,13 @@ class TargetSpec(SpecModel):
     """A target width, instead of a factor: ``factor = value / (the parents' kwargs[kwarg])``."""
 
     kwarg: NonEmpty = Field(description="the width keyword argument of the parents' factory, e.g. width")
-    value: Annotated[int | float, Field(gt=0)] = Field(description="the width to reach")
+    value: Annotated[float, Field(gt=0, le=1e9)] = Field(description="the width to reach")
 
 
 class StepSpec(SpecModel):
     """One growth step. The first step with several parents fuses them; every other step widens one model."""
 
-    factor: Annotated[int, Field(ge=2)] | None = Field(
+    factor: Annotated[int, Field(ge=2, le=MAX_FACTOR)] | None = Field(
         default=None,
         description="how many times wider (a fusion step: the number of parents, its default); or give target",
     )
@@ -124,7 +136,7 @@ class StepSpec(SpecModel):
     cross_init: Literal["orthogonal", "zero", "random", "copy"] | None = Field(
         default=None, description="fusion steps: init of the new off-diagonal blocks (default orthogonal)"
     )
-    cross_scale: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
+    cross_scale: Annotated[float, Field(ge=-1e6, le=1e6)] | None = Field(
         default=None, description="fusion steps: scale of the cross-block coefficients (default 1.0)"
     )
     cross_templates: Literal["own", "union"] | None = Field(
@@ -149,7 +161,9 @@ class GrowthSpec(SpecModel):
     growc: Literal[1] = Field(description="the spec version; this growc reads version 1")
     name: NonEmpty | None = Field(default=None, description="a name for reports")
     description: str | None = Field(default=None, description="free text")
-    seed: int = Field(default=0, description="seeds parents' initialization, templatization and cross inits")
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(
+        default=0, description="seeds parents' initialization, templatization and cross inits"
+    )
     parents: list[ParentSpec] = Field(min_length=1, description="the parent networks (one architecture)")
     input: InputSpec = Field(description="the example input")
     trace: TraceSpec = Field(default_factory=TraceSpec, description="tracing options")
@@ -158,6 +172,8 @@ class GrowthSpec(SpecModel):
     output: OutputSpec | None = Field(default=None, description="the artifact folder (or growc grow --out)")
 
     _doc: Located | None = PrivateAttr(default=None)
+
+    _version = field_validator("growc", mode="before")(exact_int)
 
     @property
     def doc(self) -> Located:
@@ -186,10 +202,29 @@ class GrowthSpec(SpecModel):
         return data
 
 
-def _check_steps(spec: GrowthSpec, doc: Located) -> None:
+def _number(value: float) -> str:
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        text = str(value)
+        return f"{text[:12]}...({len(text)} digits)"
+
+
+def check_steps(spec: GrowthSpec, doc: Located) -> None:
     """Consistency of the steps (located errors); fills in each step's factor."""
     issues = []
     fusion_keys = ("cross_init", "cross_scale", "cross_templates", "head")
+    if math.prod(spec.input.shape) > 2**28:
+        issues.append(doc.issue(("input", "shape"), f"{math.prod(spec.input.shape):,} elements is more than 2**28"))
+    for i, parent in enumerate(spec.parents):
+        if parent.model.startswith("torchvision:") and parent.kwargs.get("weights") is not None:
+            issues.append(
+                doc.issue(
+                    ("parents", i, "kwargs", "weights"),
+                    "growc never downloads pretrained weights: leave kwargs.weights out and give the parent's "
+                    f"weights file as parents[{i}].weights",
+                )
+            )
     scale = 1  # the width so far, as a multiple of the parents'
     for i, step in enumerate(spec.growth):
         here = ("growth", i)
@@ -209,13 +244,16 @@ def _check_steps(spec: GrowthSpec, doc: Located) -> None:
                 )
                 continue
             current = base * scale
-            ratio = step.target.value / current
-            if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 2:
+            try:
+                ratio = step.target.value / current
+            except (OverflowError, ZeroDivisionError):
+                ratio = math.inf
+            if not 2 <= ratio <= MAX_FACTOR or abs(ratio - round(ratio)) > 1e-9:
                 issues.append(
                     doc.issue(
                         (*here, "target", "value"),
-                        f"target {step.target.value:g} is not an integer multiple (>= 2) of the current width "
-                        f"{current:g}",
+                        f"target {_number(step.target.value)} is not an integer multiple (2 to {MAX_FACTOR}) of the "
+                        f"current width {_number(current)}",
                     )
                 )
                 continue
@@ -223,8 +261,8 @@ def _check_steps(spec: GrowthSpec, doc: Located) -> None:
                 issues.append(
                     doc.issue(
                         (*here, "factor"),
-                        f"factor {factor} disagrees with target (width {current:g} -> {step.target.value:g} is "
-                        f"factor {round(ratio)}): give one of them",
+                        f"factor {factor} disagrees with target (width {_number(current)} -> "
+                        f"{_number(step.target.value)} is factor {round(ratio)}): give one of them",
                     )
                 )
                 continue
@@ -279,7 +317,7 @@ def load_spec(source: str | Path, *, text: str | None = None, file: str | None =
     """
     spec, doc = load_document(source, GrowthSpec, text=text, file=file)
     spec._doc = doc
-    _check_steps(spec, doc)
+    check_steps(spec, doc)
     return spec
 
 
@@ -291,5 +329,10 @@ def spec_json_schema() -> dict[str, Any]:
     return schema
 
 
-def spec_json_schema_text() -> str:
+def spec_json_schema_text(kind: str = "spec") -> str:
+    """The JSON Schema of growth specs (``kind="spec"``) or recipes (``"recipe"``) as text."""
+    if kind == "recipe":
+        from .recipe import recipe_json_schema
+
+        return json.dumps(recipe_json_schema(), indent=2) + "\n"
     return json.dumps(spec_json_schema(), indent=2) + "\n"

@@ -20,7 +20,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import GrowcConfigError
 
-__all__ = ["GrowcSpecError", "Located", "SpecIssue", "SpecModel", "load_document", "spec_path"]
+__all__ = [
+    "GrowcSpecError",
+    "Located",
+    "SpecIssue",
+    "SpecModel",
+    "exact_int",
+    "load_document",
+    "plain_data",
+    "spec_path",
+]
 
 MAX_NODES = 100_000
 MAX_DEPTH = 64
@@ -33,6 +42,40 @@ class SpecModel(BaseModel):
     """Base of every schema: unknown keys are errors and values are not coerced (``"3"`` is not an int)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+def exact_int(value: object) -> object:
+    """A ``mode="before"`` check for fields whose schema compares by equality (``Literal[1]``): ``true`` and
+    ``1.0`` equal 1 in Python but are not the integer 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected the integer 1, got {value!r}")
+    return value
+
+
+def plain_data(value: object, where: str = "") -> object:
+    """Check that ``value`` is plain JSON-like data (what a resolved spec can write back unchanged)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if abs(value) >= 2**63:
+            raise ValueError(f"{where or 'value'} {str(value)[:12]}... is too large")
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{where or 'value'} must be a finite number, got {value!r}")
+        return value
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            plain_data(item, f"{where}[{i}]")
+        return value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            plain_data(item, f"{where}.{key}" if where else str(key))
+        return value
+    raise ValueError(
+        f"{where or 'value'} must be plain data (null, boolean, number, string, list or mapping), "
+        f"got {type(value).__name__} {value!r}"[:200]
+    )
 
 
 @dataclass(frozen=True)
@@ -85,9 +128,18 @@ class Located:
     data: Any
     values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    prefix: Path_ = ()  # a view of a part of the document (see sub)
+
+    def sub(self, prefix: Path_) -> Located:
+        """A view of the value at ``prefix`` (e.g. a growth spec inline in a recipe): paths are relative to it."""
+        data = self.data
+        for part in prefix:
+            data = data[part] if isinstance(data, (dict, list)) else None
+        return Located(self.file, data, self.values, self.keys, (*self.prefix, *prefix))
 
     def where(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
         """Line and column of ``path`` (of its key with ``key``), or of its deepest ancestor the document has."""
+        path = (*self.prefix, *path)
         if key and path in self.keys:
             return self.keys[path]
         for n in range(len(path), -1, -1):
@@ -97,7 +149,7 @@ class Located:
 
     def issue(self, path: Path_, message: str, *, key: bool = False) -> SpecIssue:
         line, column = self.where(path, key=key)
-        return SpecIssue(self.file, line, column, spec_path(path), message)
+        return SpecIssue(self.file, line, column, spec_path((*self.prefix, *path)), message)
 
     def error(self, path: Path_, message: str, *, key: bool = False) -> GrowcSpecError:
         return GrowcSpecError([self.issue(path, message, key=key)])

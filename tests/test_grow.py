@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from growc.build import ARTIFACT_FILES, check_spec, compile_spec, grow, load
 from growc.errors import GrowcError
-from growc.io import save_state_dict
+from growc.io import save_state_dict, sha256_file
 from growc.models import resolve_model
 from growc.passes import templatize
 from growc.spec import load_spec
@@ -213,12 +216,41 @@ def test_grow_refuses_an_existing_folder_and_writes_nothing_without_an_output(sm
         grow(small_spec)
 
 
-def test_a_failing_compile_leaves_no_artifact(small_spec: Path) -> None:
-    (small_spec.parent / "p1.safetensors").write_bytes(b"not safetensors")
+def test_a_failure_while_writing_leaves_no_artifact_and_no_temporary_folder(
+    small_spec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = set(os.listdir(small_spec.parent))
-    with pytest.raises(GrowcSpecError, match="is not a valid safetensors file"):
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("growc.build.write_json", broken)  # fails after the weights and the probe are written
+    with pytest.raises(OSError, match="No space left on device"):
         grow(small_spec, small_spec.parent / "out")
     assert set(os.listdir(small_spec.parent)) == before
+
+
+def test_a_bad_parent_weights_file_is_a_located_error(small_spec: Path) -> None:
+    (small_spec.parent / "p1.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(
+        GrowcSpecError, match=r"small.yaml:6:78: parents\[1\].weights: weights file '.*' is not a valid"
+    ):
+        grow(small_spec, small_spec.parent / "out")
+    assert not (small_spec.parent / "out").exists()
+
+
+def test_grow_checks_the_spec_against_the_graph_first(small_spec: Path) -> None:
+    small_spec.write_text(SMALL.replace("seed: 3", "seed: 3\ntrace: {leaf_modules: [features.9]}"))
+    with pytest.raises(GrowcSpecError, match=r"small.yaml:4:24: trace.leaf_modules\[0\]: parent 0"):
+        grow(small_spec, small_spec.parent / "out")
+
+
+def test_compiling_leaves_the_callers_random_state_alone(small_spec: Path) -> None:
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    compile_spec(small_spec)
+    assert torch.equal(torch.rand(3), expected)
 
 
 # ------------------------------------------------------------------------------------------- tampered weights
@@ -300,15 +332,76 @@ def test_an_incomplete_or_foreign_folder_is_refused(artifact: Path, tmp_path: Pa
         load(copy)
 
 
-def test_a_probe_that_does_not_reproduce_is_refused(artifact: Path, tmp_path: Path) -> None:
+def _rehash(folder: Path, name: str) -> None:
+    report = json.loads((folder / "report.json").read_text())
+    report["files"][name]["sha256"] = sha256_file(folder / name)
+    (folder / "report.json").write_text(json.dumps(report))
+
+
+def test_a_changed_probe_is_refused_and_one_that_does_not_reproduce_too(artifact: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(artifact, copy)
     probe = load_file(copy / "probe.safetensors")
     probe["output"] = probe["output"] + 1.0
     save_file(probe, copy / "probe.safetensors")
+    with pytest.raises(GrowcError, match=r"probe\.safetensors in '.*' was modified after growc grow wrote it"):
+        load(copy)
+    _rehash(copy, "probe.safetensors")  # a consistent artifact whose model does not give the saved output
     with pytest.raises(GrowcError, match="output on the probe input differs from the saved one"):
         load(copy)
     assert isinstance(load(copy, verify=False), torch.fx.GraphModule)
+    probe["input"] = probe["input"][:1]
+    save_file(probe, copy / "probe.safetensors")
+    _rehash(copy, "probe.safetensors")
+    with pytest.raises(GrowcError, match=r"holds an input of shape \[1, 1, 40\] and dtype torch.float32; the spec's"):
+        load(copy)
+
+
+def test_an_artifact_without_checksums_is_refused(artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    report = json.loads((copy / "report.json").read_text())
+    del report["files"]
+    (copy / "report.json").write_text(json.dumps(report))
+    with pytest.raises(GrowcError, match=r"has no SHA-256 for model\.safetensors: the artifact's integrity cannot be"):
+        load(copy)
+
+
+def test_loading_never_runs_code_an_artifact_names_unless_trusted(artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    marker = tmp_path / "pwned"
+    spec = (copy / "spec.yaml").read_text()
+    (copy / "spec.yaml").write_text(
+        spec.replace("model: growc.models:CNN1d", "model: os:system", 1).replace(
+            "kwargs: {width: 4, num_classes: 3}", f"kwargs: {{command: 'touch {marker}'}}", 1
+        )
+    )
+    with pytest.raises(GrowcSpecError, match=r"parents\[0\].model: 'os:system' imports and runs code named by"):
+        load(copy)
+    assert not marker.exists()
+
+
+def test_overwrite_replaces_only_an_artifact_folder(small_spec: Path) -> None:
+    precious = small_spec.parent / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(GrowcError, match=r"refusing to replace '.*precious': it is not a growc artifact folder"):
+        grow(small_spec, precious, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    dest, _ = grow(small_spec, small_spec.parent / "art")
+    grow(small_spec, dest, overwrite=True)  # an artifact may be replaced
+    assert sorted(os.listdir(dest)) == sorted(ARTIFACT_FILES)
+
+
+def test_a_writer_killed_while_replacing_gets_its_old_folder_back(small_spec: Path) -> None:
+    dest, _ = grow(small_spec, small_spec.parent / "art")
+    before = (dest / "model.safetensors").read_bytes()
+    dead = small_spec.parent / ".art.old-999999999-x"  # as left by a writer killed between its two renames
+    dead.mkdir()
+    dest.rename(dead / "art")
+    grow(small_spec, dest, overwrite=True)  # first puts the old folder back, then replaces it in one rename
+    assert not dead.exists() and (dest / "model.safetensors").read_bytes() == before
 
 
 # ------------------------------------------------------------------------------------------------ interrupts
@@ -362,3 +455,44 @@ def test_a_killed_grow_leaves_no_artifact_and_the_next_grow_clears_its_debris(sm
     grow(small_spec, out)
     assert sorted(os.listdir(out)) == sorted(ARTIFACT_FILES)
     assert not any(p.name.startswith(".out.tmp-") for p in small_spec.parent.iterdir())
+
+
+_numbers = st.one_of(st.integers(-3, 70), st.sampled_from([0, 10**400, 2**64]), st.floats(-1e3, 1e3))
+
+
+@settings(max_examples=15)
+@given(
+    factor=_numbers,
+    per_bank=st.one_of(st.integers(-1, 3000), st.sampled_from([10**6])),
+    shape=st.lists(st.integers(0, 48), min_size=1, max_size=4),
+    seed=st.one_of(st.integers(-5, 2**40), st.sampled_from([2**64])),
+    width=st.one_of(st.integers(-2, 12), st.floats(0, 12)),
+    value=_numbers,
+    scale=_numbers,
+)
+def test_fuzzed_numbers_through_check_and_compile_raise_only_growc_errors(
+    tmp_path_factory: pytest.TempPathFactory,
+    factor,
+    per_bank,
+    shape,
+    seed,
+    width,
+    value,
+    scale,
+) -> None:
+    doc = {
+        "growc": 1,
+        "seed": seed,
+        "parents": [{"model": "growc.models:CNN1d", "kwargs": {"width": width, "num_classes": 3}}] * 2,
+        "input": {"shape": shape},
+        "templates": {"per_bank": per_bank, "sharing": "shape"},
+        "growth": [{"cross_scale": scale}, {"factor": factor}, {"target": {"kwarg": "width", "value": value}}],
+    }
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "s.yaml").write_text(yaml.safe_dump(doc))
+    try:
+        spec = load_spec(folder / "s.yaml")
+        check_spec(spec)
+        compile_spec(spec)
+    except GrowcError as error:
+        assert str(error).startswith(str(folder / "s.yaml") + ":"), str(error)

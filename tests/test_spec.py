@@ -121,7 +121,7 @@ growth:
         (
             VALID.replace("cnn1d-4, kwargs: {num_classes: 3}", "x:CNN1d, kwargs: {width: 4}")
             + "  - {target: {kwarg: width, value: 12}}\n",
-            "spec.yaml:8:36: growth[1].target.value: target 12 is not an integer multiple (>= 2) of the current "
+            "spec.yaml:8:36: growth[1].target.value: target 12 is not an integer multiple (2 to 64) of the current "
             "width 8",
         ),
         (VALID.replace("growc: 1\n", "growc: 1\ngrowc: 1\n"), "spec.yaml:2:1: duplicate key 'growc' (first at line 1)"),
@@ -134,6 +134,18 @@ growth:
         ),
         (VALID + "seed: 1.5\n", "spec.yaml:8:7: seed: input should be a valid integer, got 1.5"),
         (VALID + "seed: true\n", "spec.yaml:8:7: seed: input should be a valid integer, got True"),
+        (VALID.replace("growc: 1", "growc: true"), "spec.yaml:1:8: growc: expected the integer 1, got True"),
+        (VALID.replace("growc: 1", "growc: 1.0"), "spec.yaml:1:8: growc: expected the integer 1, got 1.0"),
+        (
+            VALID.replace("{num_classes: 3}}\ninput", "{num_classes: 3, when: 2020-01-02}}\ninput"),
+            "spec.yaml:4:30: parents[1].kwargs: kwargs.when must be plain data (null, boolean, number, string, list or "
+            "mapping), got date",
+        ),
+        (
+            VALID.replace("cnn1d-4, kwargs: {num_classes: 3}}", "'torchvision:resnet18', kwargs: {weights: DEFAULT}}"),
+            "spec.yaml:3:55: parents[0].kwargs.weights: growc never downloads pretrained weights: leave kwargs.weights out "
+            "and give the parent's weights file as parents[0].weights",
+        ),
         ("- 1\n- 2\n", "spec.yaml:1:1: expected a mapping (key: value lines), got [1, 2]"),
         ("", "spec.yaml:1:1: the document is empty"),
         ("a: &a [*a]\n", "spec.yaml:1:4: a recursive alias (an anchor used inside itself)"),
@@ -199,6 +211,7 @@ _scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**70), 2**70),
+    st.sampled_from([10**400, -(10**400)]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
 )
@@ -226,7 +239,10 @@ def mutated_documents(draw: st.DrawFn) -> str:
     """A valid spec with random values replaced, keys added or removed, then dumped to YAML."""
     data = yaml.safe_load(VALID)
     data["templates"] = {"sharing": "shape", "layers": ["features.*"]}
+    for parent in data["parents"]:
+        parent["kwargs"]["width"] = 4
     data["growth"].append({"factor": 2, "method": "net2net"})
+    data["growth"].append({"target": {"kwarg": "width", "value": 16}})
     for _ in range(draw(st.integers(1, 4))):
         path = draw(st.sampled_from(_paths(data)))
         parent = data
