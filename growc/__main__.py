@@ -1,0 +1,7 @@
+"""``python -m growc`` (and ``torchrun -m growc train RECIPE``) runs the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

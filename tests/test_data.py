@@ -1,0 +1,111 @@
+"""Data sets: local generation, CIFAR folders read safely, augmentation, clear errors before training."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from growc.data import DataSpec, crop_and_flip, load_data
+from growc.errors import GrowcError
+
+
+def _write_cifar_python(root: Path, classes: int = 10, n: int = 6) -> None:
+    folder = root / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    key = b"labels" if classes == 10 else b"fine_labels"
+    names = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"] if classes == 10 else ["train", "test"]
+    for name in names:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: rng.integers(0, classes, n).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+def test_mnist1d_is_generated_locally_with_the_requested_size() -> None:
+    data = load_data(DataSpec(name="mnist1d", samples=400, test_fraction=0.25))
+    assert data.x.shape == (300, 1, 40) and data.x_test.shape == (100, 1, 40)
+    assert data.num_classes == 10 and set(data.y.tolist()) <= set(range(10))
+    again = load_data(DataSpec(name="mnist1d", samples=400, test_fraction=0.25))
+    assert torch.equal(data.x, again.x)  # deterministic from the seed
+
+
+def test_digits_come_from_scikit_learn_as_images() -> None:
+    data = load_data(DataSpec(name="digits", test_fraction=0.2))
+    assert data.x.shape[1:] == (1, 8, 8) and len(data.y) + len(data.y_test) == 1797
+    assert abs(float(data.x.mean())) < 0.5
+
+
+def test_synthetic_clusters_have_the_asked_shape_and_classes() -> None:
+    data = load_data(DataSpec(name="synthetic", samples=100, shape=[2, 5], classes=3))
+    assert data.x.shape == (80, 2, 5) and data.num_classes == 3 and data.sample_shape == (2, 5)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_python_batches_load_normalized_with_augmentation(tmp_path: Path, classes: int) -> None:
+    _write_cifar_python(tmp_path, classes)
+    data = load_data(DataSpec(name=f"cifar{classes}", root=str(tmp_path)))
+    train = 30 if classes == 10 else 6
+    assert data.x.shape == (train, 3, 32, 32) and data.x_test.shape == (6, 3, 32, 32)
+    assert data.augment is True and data.num_classes == classes
+
+
+def test_cifar_binary_batches_load(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rows = np.zeros((4, 3073), dtype=np.uint8)
+        rows[:, 0] = [1, 2, 3, 9]
+        rows[:, 1:] = 255
+        (folder / name).write_bytes(rows.tobytes())
+    data = load_data(DataSpec(name="cifar10", root=str(tmp_path), augment=False))
+    assert data.y[:4].tolist() == [1, 2, 3, 9] and data.augment is False
+    (folder / "test_batch.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(GrowcError, match=r"is not a CIFAR binary batch: 100 bytes is not a multiple of 3073"):
+        load_data(DataSpec(name="cifar10", root=str(tmp_path)))
+
+
+def test_a_pickle_that_is_not_arrays_is_never_executed(tmp_path: Path) -> None:
+    _write_cifar_python(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps({b"data": Exploit()}))
+    with pytest.raises(GrowcError, match=r"data_batch_3' is not a CIFAR batch in the standard python format: refusing"):
+        load_data(DataSpec(name="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+
+
+def test_a_missing_cifar_folder_says_what_it_expected(tmp_path: Path) -> None:
+    with pytest.raises(
+        GrowcError,
+        match=r"no cifar100 data under '.*': expected the folder 'cifar-100-python' \(python format\) or "
+        r"'cifar-100-binary' \(binary format\); set data.download: true to download it",
+    ):
+        load_data(DataSpec(name="cifar100", root=str(tmp_path)))
+    with pytest.raises(GrowcError, match=r"the cifar10 data set needs data\.root"):
+        load_data(DataSpec(name="cifar10"))
+
+
+def test_an_image_folder_needs_train_and_val(tmp_path: Path) -> None:
+    pytest.importorskip("torchvision")
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(GrowcError, match=r"has no 'val/' folder \(expected val/CLASS/IMAGE files\)"):
+        load_data(DataSpec(name="imagefolder", root=str(tmp_path)))
+
+
+def test_crop_and_flip_shifts_whole_images_and_is_seeded() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
+    a = crop_and_flip(x, torch.Generator().manual_seed(0))
+    b = crop_and_flip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    for i in range(2):  # every output pixel is zero padding or a pixel of the same image and channel
+        for c in range(3):
+            values = set(a[i, c].flatten().tolist()) - {0.0}
+            assert values <= set(x[i, c].flatten().tolist())
