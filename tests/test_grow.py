@@ -394,16 +394,6 @@ def test_overwrite_replaces_only_an_artifact_folder(small_spec: Path) -> None:
     assert sorted(os.listdir(dest)) == sorted(ARTIFACT_FILES)
 
 
-def test_a_writer_killed_while_replacing_gets_its_old_folder_back(small_spec: Path) -> None:
-    dest, _ = grow(small_spec, small_spec.parent / "art")
-    before = (dest / "model.safetensors").read_bytes()
-    dead = small_spec.parent / ".art.old-999999999-x"  # as left by a writer killed between its two renames
-    dead.mkdir()
-    dest.rename(dead / "art")
-    grow(small_spec, dest, overwrite=True)  # first puts the old folder back, then replaces it in one rename
-    assert not dead.exists() and (dest / "model.safetensors").read_bytes() == before
-
-
 # ------------------------------------------------------------------------------------------------ interrupts
 
 _SLOW_GROW = """

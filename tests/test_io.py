@@ -50,3 +50,19 @@ def test_weights_round_trip_with_shared_storage(tmp_path: Path) -> None:
     raw = (tmp_path / "w.safetensors").read_bytes()
     header = int.from_bytes(raw[:8], "little")
     assert raw[8:9] == b"{" and raw[8 + header - 1 : 8 + header].strip() in (b"}", b"")  # a JSON header, no pickle
+
+
+def test_a_writer_killed_while_replacing_gets_its_old_folder_back(tmp_path: Path) -> None:
+    dest = tmp_path / "art"
+    dead = tmp_path / ".art.old-999999999-x"  # as left by a writer killed between its two renames (no pid alive)
+    (dead / "art").mkdir(parents=True)
+    (dead / "art" / "model.safetensors").write_text("the previous artifact")
+    with pytest.raises(FileExistsError), atomic_directory(dest):  # the next writer first restores it
+        pass
+    assert (dest / "model.safetensors").read_text() == "the previous artifact"
+    assert not dead.exists()
+    stale_tmp = tmp_path / ".art.tmp-999999999-y"
+    stale_tmp.mkdir()
+    with atomic_directory(dest, overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and (dest / "new").read_text() == "new"
