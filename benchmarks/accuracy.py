@@ -17,7 +17,7 @@ Accuracy is the test accuracy after the last epoch, mean ± standard deviation o
 counted with ``torch.utils.flop_counter`` (the same accounting as ``growc train``; both parents count for the
 methods that train two). Writes ``benchmarks/results/accuracy.json`` and ``accuracy.md`` and prints the table.
 
-    python benchmarks/accuracy.py                  # mnist1d and digits, 3 seeds (about 15 minutes on 2 cores)
+    python benchmarks/accuracy.py                  # mnist1d and digits, 3 seeds (about 3 minutes on 2 cores)
     python benchmarks/accuracy.py --quick          # a smoke run: 1 seed, 2 + 1 epochs
 """
 

@@ -422,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"growc {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"growc {args.command}: interrupted; nothing was written", file=sys.stderr)
+        after = "rerun the command to resume" if args.command == "train" else "nothing was written"
+        print(f"growc {args.command}: interrupted; {after}", file=sys.stderr)
         return 130
     finally:
         if main_thread:

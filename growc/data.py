@@ -79,6 +79,7 @@ class Dataset:
     sample_shape: tuple[int, ...]
     augment: bool = False
     folder: Any = None  # (train, test) torchvision data sets for imagefolder
+    black: Tensor | None = None  # the normalized value of a black pixel, per channel (augmentation's padding)
 
     @property
     def train_size(self) -> int:
@@ -93,7 +94,7 @@ class Dataset:
             assert self.x is not None
             x, y = self.x[indices], self.y[indices]
         if self.augment:
-            x = crop_and_flip(x, generator)
+            x = crop_and_flip(x, generator, fill=self.black)
         return x, y
 
     def test_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
@@ -111,11 +112,15 @@ class Dataset:
             yield x, self.y_test[start:stop]
 
 
-def crop_and_flip(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Random crop with zero padding and random horizontal flip, per image, vectorized (the reference's CIFAR
-    augmentation)."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+def crop_and_flip(x: Tensor, generator: torch.Generator, padding: int = 4, fill: Tensor | None = None) -> Tensor:
+    """Random crop with padding and random horizontal flip, per image, vectorized (the reference's CIFAR
+    augmentation). ``fill`` is the per-channel padding value (default 0): for normalized images, the normalized
+    value of black, so the padding is what zero padding of the raw image would be."""
+    n, c, h, w = x.shape
+    padded = x.new_zeros(n, c, h + 2 * padding, w + 2 * padding)
+    if fill is not None:
+        padded += fill.view(1, c, 1, 1).to(x)
+    padded[:, :, padding : padding + h, padding : padding + w] = x
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * padding)
@@ -254,7 +259,8 @@ def _cifar(spec: DataSpec, base: Path) -> Dataset:
     x = ((x.float() / 255) - mean) / std
     x_test = ((x_test.float() / 255) - mean) / std
     augment = True if spec.augment is None else spec.augment
-    return Dataset(spec.name, x, y, x_test, y_test, classes, (3, 32, 32), augment=augment)
+    black = (-mean / std).view(3)
+    return Dataset(spec.name, x, y, x_test, y_test, classes, (3, 32, 32), augment=augment, black=black)
 
 
 def _imagefolder(spec: DataSpec, base: Path) -> Dataset:
@@ -291,7 +297,10 @@ def _imagefolder(spec: DataSpec, base: Path) -> Dataset:
     y = torch.tensor(train.targets).long()
     y_test = torch.tensor(test.targets).long()
     augment = bool(spec.augment)
-    return Dataset("imagefolder", None, y, None, y_test, len(train.classes), (3, size, size), augment, (train, test))
+    black = -torch.tensor((0.485, 0.456, 0.406)) / torch.tensor((0.229, 0.224, 0.225))
+    return Dataset(
+        "imagefolder", None, y, None, y_test, len(train.classes), (3, size, size), augment, (train, test), black
+    )
 
 
 def load_data(spec: DataSpec, base: str | Path = ".") -> Dataset:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, field_validator
 
 from .data import DataSpec
-from .spec import GrowthSpec, OutputSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, check_steps, load_spec
+from .spec import GrowthSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, check_steps, load_spec
 from .specdoc import GrowcSpecError, Located, SpecModel, exact_int, load_document
 
 __all__ = [
@@ -72,6 +72,12 @@ class GrowSection(SpecModel):
     growth: list[StepSpec] | None = Field(default=None, description="inline: the growth steps")
 
 
+class RunOutputSpec(SpecModel):
+    """Where a run goes. A run folder is resumed, never replaced."""
+
+    folder: Annotated[str, Field(min_length=1)] = Field(description="the run folder, relative to the current directory")
+
+
 class CheckpointSpec(SpecModel):
     """How often the running phase is checkpointed (a phase's end always is)."""
 
@@ -93,7 +99,7 @@ class RecipeSpec(SpecModel):
     grown: PhaseSpec = Field(description="continued training of the grown network")
     eval_batch_size: Annotated[int, Field(ge=1)] = Field(default=512, description="batch size of evaluation")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="checkpoint cadence")
-    output: OutputSpec = Field(description="the run folder (or growc train --out)")
+    output: RunOutputSpec = Field(description="the run folder (or growc train --out)")
 
     _doc: Located | None = PrivateAttr(default=None)
 
@@ -130,6 +136,7 @@ def growth_spec(recipe: RecipeSpec) -> GrowthSpec:
         if inline:
             raise doc.error(("grow", inline[0]), "give grow.spec or an inline growth, not both", key=True)
         spec = load_spec(recipe.base_dir / section.spec)
+        spec.seed = recipe.seed  # the recipe's seed rules its runs (e.g. one run per seed from one growth spec)
         if list(spec.input.shape[1:]) != shape[1:]:
             raise doc.error(
                 ("grow", "spec"),

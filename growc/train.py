@@ -47,7 +47,7 @@ from .errors import GrowcError
 from .io import atomic_directory, atomic_write_text, load_into, load_state_dict, save_tensors, write_json
 from .ops import param_groups
 from .recipe import PhaseSpec, RecipeSpec, growth_spec, load_recipe, lr_at
-from .spec import load_spec
+from .spec import GrowthSpec, load_spec
 
 __all__ = ["StoppedEarly", "count_training_flops", "fit", "format_results", "train"]
 
@@ -105,9 +105,20 @@ def _epoch_seed(seed: int, phase: int, epoch: int) -> int:
     return (seed * 1_000_003 + phase * 10_007 + epoch * 101 + 17) % (2**62)
 
 
-def _fingerprint(recipe: RecipeSpec) -> str:
-    data = recipe.model_dump(mode="json", exclude={"output"})
+def _fingerprint(recipe: RecipeSpec, spec: GrowthSpec) -> str:
+    """What a run folder belongs to: the recipe (but where it writes) and the growth spec it uses, resolved."""
+    data = {"recipe": recipe.model_dump(mode="json", exclude={"output"}), "growth": spec.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise GrowcError(f"'{path}' is damaged ({error}): delete it (or its phase folder) to redo that part") from None
+    if not isinstance(data, dict):
+        raise GrowcError(f"'{path}' is damaged (not a JSON object): delete it (or its phase folder) to redo that part")
+    return data
 
 
 # ------------------------------------------------------------------------------------- optimizer state, no pickle
@@ -234,7 +245,10 @@ class _Loop:
         n, b = self.data.train_size, phase.batch_size
         if b < self.dist.world:
             raise GrowcError(f"batch_size {b} is smaller than the {self.dist.world} ranks: each needs examples")
-        return n // b + (1 if n % b >= self.dist.world else 0)
+        steps = n // b + (1 if n % b >= self.dist.world else 0)
+        if steps == 0:
+            raise GrowcError(f"the training set has {n} example(s): too few for one step on {self.dist.world} rank(s)")
+        return steps
 
     def evaluate(self, model: nn.Module) -> tuple[float, float]:
         was = model.training
@@ -258,7 +272,7 @@ class _Loop:
         """Train ``model`` for ``phase``; with ``folder``, checkpoint there, resume from it, and record the result."""
         done = folder / "done.json" if folder is not None else None
         if folder is not None and done is not None and done.is_file():
-            record = json.loads(done.read_text())
+            record = _read_json(done)
             load_into(model, load_state_dict(folder / "model.safetensors"), f"'{folder / 'model.safetensors'}'")
             return record
         device = self.dist.device
@@ -273,6 +287,7 @@ class _Loop:
         )
         per_epoch = self._steps_per_epoch(phase)
         total = per_epoch * phase.epochs
+        seen = min(self.data.train_size, per_epoch * phase.batch_size)  # a last batch smaller than the ranks is dropped
         history: list[dict[str, Any]] = []
         start = 0
         checkpoint = folder / "checkpoint" if folder is not None else None
@@ -290,7 +305,7 @@ class _Loop:
                 raise StoppedEarly(f"stopped after {self.epochs_run} epoch(s) as asked; rerun the command to resume")
             t0 = time.perf_counter()
             seed = _epoch_seed(self.seed, index, epoch)
-            torch.manual_seed(seed)  # dropout and any other random op of this epoch
+            torch.manual_seed(seed + 7919 * self.dist.rank)  # dropout and any other random op: one stream per rank
             order = torch.randperm(self.data.train_size, generator=torch.Generator().manual_seed(seed))
             augment = torch.Generator().manual_seed(seed + 1 + self.dist.rank)
             model.train()
@@ -353,8 +368,10 @@ class _Loop:
             "flops": {
                 **flops,
                 "steps": total,
-                "samples": self.data.train_size * phase.epochs,
-                "total": flops["per_step"] * total + flops["per_sample"] * self.data.train_size * phase.epochs,
+                "samples": seen * phase.epochs,
+                "ranks": self.dist.world,
+                # each rank generates the weights once per step; the examples are split over the ranks
+                "total": flops["per_step"] * total * self.dist.world + flops["per_sample"] * seen * phase.epochs,
             },
             "test_acc": history[-1]["test_acc"] if history else self.evaluate(model)[1],
         }
@@ -395,7 +412,7 @@ class _Trainer(_Loop):
         for name in self.phase_names():
             done = self.out / name / "done.json"
             if done.is_file():
-                rows += json.loads(done.read_text())["history"]
+                rows += _read_json(done).get("history", [])
         rows += current
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         buffer = io.StringIO()
@@ -419,6 +436,14 @@ class _Trainer(_Loop):
         for i in range(len(spec.parents)):
             model = build_parent(spec, i)
             model = templatize(model, (x,), seed=spec.seed + i, verify=False, **_template_options(spec))
+            with torch.no_grad():
+                classes = model.eval()(x).shape[-1]
+            model.train(spec.trace.mode == "train")
+            if classes != self.data.num_classes:
+                raise spec.doc.error(
+                    ("parents", i, "kwargs"),
+                    f"parent {i} outputs {classes} classes; {self.recipe.data.name} has {self.data.num_classes}",
+                )
             parents.append(self.train_phase(f"parent{i}", i, model, self.recipe.parents, self.out / f"parent{i}"))
         grown_spec = spec.model_copy(deep=True)
         grown_spec._doc = spec._doc
@@ -430,7 +455,7 @@ class _Trainer(_Loop):
         self.dist.barrier()
         model = load(artifact, trust_code=True).to(self.dist.device)  # this run's own artifact
         if (artifact / "grow.json").is_file():
-            growth = json.loads((artifact / "grow.json").read_text())
+            growth = _read_json(artifact / "grow.json")
         else:
             loss, acc = self.evaluate(model)
             growth = {"test_loss": loss, "test_acc": acc, "params": sum(p.numel() for p in model.parameters())}
@@ -440,7 +465,7 @@ class _Trainer(_Loop):
         grown = self.train_phase("grown", index, model, self.recipe.grown, self.out / "grown")
         final = self.out / "final"
         saved = load_spec(artifact / "spec.yaml")
-        if self.dist.main:
+        if self.dist.main and not (final / "report.json").is_file():  # a finished run's final artifact stays
             report = {"trained": {"recipe": str(self.recipe.doc.file), "phase": grown}, "name": saved.name}
             report = _artifact_report(artifact, report)
             write_artifact(final, saved, model.cpu(), example_input(saved), report, overwrite=True)
@@ -455,17 +480,19 @@ class _Trainer(_Loop):
         return results
 
     def _claim_folder(self) -> None:
-        fingerprint = _fingerprint(self.recipe)
+        """Start a run folder, or check that it holds this recipe's run. Every rank reads before rank 0 writes (no
+        rank can see a half-claimed folder), and all of them agree on the outcome."""
+        fingerprint = _fingerprint(self.recipe, self.spec)
         run = self.out / "run.json"
-        if run.is_file():
-            recorded = json.loads(run.read_text()).get("recipe_sha256")
-            if recorded != fingerprint:
-                raise GrowcError(
-                    f"run folder '{self.out}' holds a run of a different recipe (or of this one before it was edited):"
-                    " pass another --out, or delete the folder to start over"
-                )
-            return
-        if self.dist.main:
+        self.dist.barrier()
+        recorded = _read_json(run).get("recipe_sha256") if run.is_file() else None
+        self.dist.barrier()
+        if recorded is not None and recorded != fingerprint:
+            raise GrowcError(
+                f"run folder '{self.out}' holds a run of a different recipe (or of this one, or its growth spec, "
+                "before an edit): pass another --out, or delete the folder to start over"
+            )
+        if recorded is None and self.dist.main:
             from . import __version__
 
             atomic_write_text(

@@ -100,12 +100,32 @@ def test_an_image_folder_needs_train_and_val(tmp_path: Path) -> None:
         load_data(DataSpec(name="imagefolder", root=str(tmp_path)))
 
 
-def test_crop_and_flip_shifts_whole_images_and_is_seeded() -> None:
+def test_crop_and_flip_is_a_shifted_window_of_the_padded_image() -> None:
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
-    a = crop_and_flip(x, torch.Generator().manual_seed(0))
-    b = crop_and_flip(x, torch.Generator().manual_seed(0))
-    assert torch.equal(a, b) and a.shape == x.shape
-    for i in range(2):  # every output pixel is zero padding or a pixel of the same image and channel
-        for c in range(3):
-            values = set(a[i, c].flatten().tolist()) - {0.0}
-            assert values <= set(x[i, c].flatten().tolist())
+    fill = torch.tensor([-1.0, -2.0, -3.0])
+    out = crop_and_flip(x, torch.Generator().manual_seed(0), padding=2, fill=fill)
+    assert torch.equal(out, crop_and_flip(x, torch.Generator().manual_seed(0), padding=2, fill=fill))  # seeded
+    padded = fill.view(1, 3, 1, 1).expand(2, 3, 12, 12).clone()
+    padded[:, :, 2:10, 2:10] = x
+    for i in range(2):  # each output is exactly one 8x8 window of its padded image, maybe mirrored
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+
+
+def test_cifar_padding_is_black_after_normalization(tmp_path: Path) -> None:
+    _write_cifar_python(tmp_path)
+    data = load_data(DataSpec(name="cifar10", root=str(tmp_path)))
+    black = (0 - torch.tensor((0.4914, 0.4822, 0.4465))) / torch.tensor((0.2470, 0.2435, 0.2616))
+    torch.testing.assert_close(data.black, black)
+
+
+def test_cifar100_binary_reads_the_fine_label_byte(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    for name in ("train.bin", "test.bin"):
+        rows = np.zeros((3, 3074), dtype=np.uint8)
+        rows[:, 0] = [1, 2, 3]  # coarse labels
+        rows[:, 1] = [42, 7, 99]  # fine labels: the ones CIFAR-100 classifies
+        (folder / name).write_bytes(rows.tobytes())
+    data = load_data(DataSpec(name="cifar100", root=str(tmp_path)))
+    assert data.y.tolist() == [42, 7, 99] and data.num_classes == 100

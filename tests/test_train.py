@@ -114,10 +114,10 @@ def test_parents_are_trained_templatized_and_the_growth_mixes_their_templates(fi
 
 def test_rerunning_a_finished_run_changes_nothing(finished: tuple[Path, dict]) -> None:
     folder, results = finished
-    before = (folder / "run" / "final" / "model.safetensors").read_bytes()
+    before = {p.name: p.stat().st_mtime_ns for p in (folder / "run" / "final").iterdir()}
     again = train(folder / "tiny.yaml", folder / "run", progress=False)
     assert again["weights_sha256"] == results["weights_sha256"]
-    assert (folder / "run" / "final" / "model.safetensors").read_bytes() == before
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "run" / "final").iterdir()} == before  # not rewritten
 
 
 def test_a_stopped_run_resumes_to_the_uninterrupted_result(finished: tuple[Path, dict], tmp_path: Path) -> None:
@@ -146,6 +146,28 @@ def test_a_missing_data_folder_is_an_error_before_any_training(tmp_path: Path) -
     with pytest.raises(GrowcError, match=r"no cifar10 data under '.*nowhere'"):
         train(tmp_path / "r.yaml", tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(TINY.replace("num_classes: 3", "num_classes: 2"))
+    with pytest.raises(GrowcError, match=r"r.yaml:12:43: grow.parents\[0\].kwargs: parent 0 outputs 2 classes; "
+                       r"synthetic has 3"):  # fmt: skip
+        train(tmp_path / "r.yaml", tmp_path / "run", progress=False)
+    tiny_data = "{name: synthetic, samples: 240, shape: [1, 24], classes: 3}"
+    empty_data = "{name: synthetic, samples: 20, shape: [1, 24], classes: 3, test_fraction: 0.99}"
+    (tmp_path / "e.yaml").write_text(TINY.replace(tiny_data, empty_data))
+    with pytest.raises(GrowcError, match=r"the training set has 0 example\(s\): too few for one step on 1 rank"):
+        train(tmp_path / "e.yaml", tmp_path / "run2", progress=False)
+
+
+def test_a_damaged_run_file_is_a_clear_error(finished: tuple[Path, dict], tmp_path: Path) -> None:
+    folder, _ = finished
+    import shutil
+
+    shutil.copytree(folder / "run", tmp_path / "run")
+    (tmp_path / "run" / "run.json").write_text("{")
+    with pytest.raises(GrowcError, match=r"run.json' is damaged .*: delete it \(or its phase folder\)"):
+        train(folder / "tiny.yaml", tmp_path / "run", progress=False)
 
 
 def test_training_flops_count_the_weight_generation_once_per_step() -> None:
