@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "MixedLinear",
     "MixedWeight",
     "TemplateBank",
+    "add_step_markers",
+    "begin_step",
+    "end_step",
     "param_groups",
     "param_roles",
 ]
@@ -52,6 +56,8 @@ class TemplateBank(nn.Module):
         self.kind = kind
         self.groups = groups
         self._cache: tuple[Tensor, Tensor, tuple[int, int], Tensor] | None = None
+        self._in_step = False  # inside a forward of the model that owns the bank (see begin_step)
+        self._step: tuple[Tensor, Tensor, tuple[int, int, bool], Tensor] | None = None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -108,6 +114,45 @@ class TemplateBank(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache = None
+        self._step = None
+
+    def begin_step(self) -> None:
+        """Start one forward of the owning model (see :func:`begin_step`, the graph op that calls this)."""
+        self._in_step = True
+        self._step = None
+
+    def end_step(self) -> None:
+        """End the forward: drop the shared tensor (the next forward builds a new graph)."""
+        self._in_step = False
+        self._step = None
+
+    def generated(self) -> Tensor | None:
+        """All L weights shared by the current forward (eval cache, or this step's tensor), or None outside one."""
+        if self._cacheable():
+            return self.cached_weights()
+        if not self._in_step or torch.compiler.is_compiling():
+            return None
+        t, a = self.templates, self.coefficients
+        key = (t._version, a._version, torch.is_grad_enabled())
+        step = self._step
+        if step is None or step[0] is not t or step[1] is not a or step[2] != key:
+            weights = self.weights()
+            if weights.requires_grad:  # once the backward went through it, it must not be used again
+                weights.register_hook(self._release)
+            self._step = step = (t, a, key, weights)
+        return step[3]
+
+    def _release(self, grad: Tensor) -> None:
+        self._step = None
+
+    def rows(self, indices: Tensor) -> Tensor:
+        """The generated weights of rows ``indices`` ``[n, *weight_shape]``: gathered from the shared generation
+        when there is one, else one contraction of just those rows."""
+        shared = self.generated()
+        if shared is not None:
+            return shared.index_select(0, indices.to(shared.device))
+        rows = self.coefficients.index_select(0, indices.to(self.coefficients.device))
+        return self._mix(rows).view(len(indices), *self.weight_shape)
 
     def add_rows(self, rows: Tensor) -> list[int]:
         """Append coefficient rows ``[r, K]`` (new layers or blocks over the same templates); returns their indices.
@@ -123,17 +168,31 @@ class TemplateBank(nn.Module):
 
     def weight(self, index: int) -> Tensor:
         """The generated weight of layer ``index``."""
-        if self._cacheable():
-            return self.cached_weights()[index]
+        shared = self.generated()
+        if shared is not None:
+            return shared[index]
         return self._mix(self.coefficients[index]).view(self.weight_shape)
 
     def _apply(self, fn: Any, recurse: bool = True) -> TemplateBank:  # .to(), .cuda(), .half() ...
-        self._cache = None
-        return super()._apply(fn, recurse)
+        self.clear_cache()
+
+        def convert(t: Tensor) -> Tensor:
+            try:
+                return fn(t)
+            except RuntimeError as error:
+                # model.to(memory_format=torch.channels_last) reaches the 5-D templates of a conv2d bank; their
+                # layout does not matter (the mix flattens them), so convert dtype/device through a 4-D view
+                if "channels_last" not in str(error) or t.dim() != 5:
+                    raise
+                return fn(t.flatten(0, 1)).reshape(t.shape)
+
+        return super()._apply(convert, recurse)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = None
+        state["_step"] = None
+        state["_in_step"] = False
         return state
 
 
@@ -313,12 +372,18 @@ class _Grid(nn.Module):
     def __init__(self, blocks: list[list[list[Term]]], bias: nn.Parameter | None, scale: float = 1.0) -> None:
         super().__init__()
         object.__setattr__(self, "_blocks", [[list(terms) for terms in row] for row in blocks])
+        object.__setattr__(self, "_plan", None)
         self.scale = float(scale)
         self.bias = bias
 
     @property
     def blocks(self) -> list[list[list[Term]]]:
+        """The block layout (read it; change it with :meth:`set_blocks`, which rebuilds the assembly plan)."""
         return self._blocks
+
+    def set_blocks(self, blocks: list[list[list[Term]]]) -> None:
+        object.__setattr__(self, "_blocks", [[list(terms) for terms in row] for row in blocks])
+        object.__setattr__(self, "_plan", None)
 
     @property
     def banks(self) -> list[TemplateBank]:
@@ -333,21 +398,41 @@ class _Grid(nn.Module):
     def trainable(self) -> bool:
         return any(bank.templates.requires_grad for bank in self.banks)
 
-    @staticmethod
-    def _block(terms: list[Term]) -> Tensor:
-        bank, row = terms[0]
-        weight = bank.weight(row)
-        for bank, row in terms[1:]:
-            weight = weight + bank.weight(row)
-        return weight
+    def _assembly(self) -> tuple[list[tuple[TemplateBank, Tensor]], Tensor | None, Tensor | None]:
+        """How to build the weight without per-block Python work: per bank the rows to gather, then either a
+        permutation of the gathered terms into block order (one term per block) or the block each term adds to."""
+        plan = self.__dict__.get("_plan")
+        if plan is not None:
+            return plan
+        by_bank: dict[int, tuple[TemplateBank, list[int], list[int]]] = {}
+        blocks = [terms for row in self._blocks for terms in row]
+        for b, terms in enumerate(blocks):
+            for bank, row in terms:
+                entry = by_bank.setdefault(id(bank), (bank, [], []))
+                entry[1].append(row)
+                entry[2].append(b)
+        gathers = [(bank, torch.tensor(rows, dtype=torch.long)) for bank, rows, _ in by_bank.values()]
+        owner = torch.tensor([b for _, _, owners in by_bank.values() for b in owners], dtype=torch.long)
+        if len(owner) == len(blocks):  # one term per block: a permutation
+            perm = torch.argsort(owner)
+            identity = bool(torch.equal(perm, torch.arange(len(blocks))))
+            plan = (gathers, None if identity else perm, None)
+        else:
+            plan = (gathers, None, owner)
+        object.__setattr__(self, "_plan", plan)
+        return plan
 
     @property
     def weight(self) -> Tensor:
-        rows = [
-            torch.cat([self._block(t) for t in row], dim=1) if len(row) > 1 else self._block(row[0])
-            for row in self._blocks
-        ]
-        weight = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+        gathers, perm, owner = self._assembly()
+        pieces = [bank.rows(rows) for bank, rows in gathers]
+        terms = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        r, c = len(self._blocks), len(self._blocks[0])
+        if owner is not None:  # blocks that sum several terms
+            blocks = terms.new_zeros((r * c, *terms.shape[1:])).index_add(0, owner.to(terms.device), terms)
+        else:
+            blocks = terms if perm is None else terms.index_select(0, perm.to(terms.device))
+        weight = rearrange(blocks.view(r, c, *blocks.shape[1:]), "r c o i ... -> (r o) (c i) ...")
         return weight * self.scale if self.scale != 1.0 else weight
 
     def grid_repr(self) -> str:
@@ -414,6 +499,62 @@ class GridLinear(_Grid, _LinearLayer):
 GRID_TYPES: tuple[type[nn.Module], ...] = (GridConv1d, GridConv2d, GridConv3d, GridLinear)
 #: every module whose weight growc generates: never traced into, never templatized again
 GENERATED_TYPES: tuple[type[nn.Module], ...] = MIXED_TYPES + GRID_TYPES
+
+
+def _banks_of(container: nn.Module) -> list[TemplateBank]:
+    return [m for m in container.children() if isinstance(m, TemplateBank)]
+
+
+def begin_step(banks: nn.Module) -> None:
+    """Graph op at the start of a forward of a model that owns template banks (``growc_banks``).
+
+    Until :func:`end_step`, the first layer that needs a bank's weights generates all of them in one contraction
+    and every other layer of the bank reuses that tensor: one autograd node, so the backward is one contraction
+    too. Under ``torch.compile`` it does nothing (the compiler sees the plain contractions).
+    """
+    if not torch.compiler.is_compiling():
+        for bank in _banks_of(banks):
+            bank.begin_step()
+
+
+def end_step(banks: nn.Module) -> None:
+    """Graph op before the output: the shared tensors are dropped (the next forward builds a new graph)."""
+    if not torch.compiler.is_compiling():
+        for bank in _banks_of(banks):
+            bank.end_step()
+
+
+torch.fx.node.has_side_effect(begin_step)
+torch.fx.node.has_side_effect(end_step)
+STEP_MARKERS = (begin_step, end_step)
+
+
+def strip_step_markers(graph: torch.fx.Graph) -> None:
+    """Remove the step markers (and the ``growc_banks`` reads only they use) from ``graph``."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in STEP_MARKERS:
+            source = node.args[0]
+            graph.erase_node(node)
+            if isinstance(source, torch.fx.Node) and not source.users:
+                graph.erase_node(source)
+
+
+def add_step_markers(gm: torch.fx.GraphModule) -> None:
+    """Put :func:`begin_step` after the inputs and :func:`end_step` before the output of ``gm``'s graph when it
+    owns ``growc_banks`` (and no markers otherwise). Idempotent."""
+    graph = gm.graph
+    strip_step_markers(graph)
+    if "growc_banks" not in gm._modules:
+        return
+    nodes = list(graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    output = next(n for n in reversed(nodes) if n.op == "output")
+    with graph.inserting_after(inputs[-1]) if inputs else graph.inserting_before(nodes[0]):
+        banks = graph.get_attr("growc_banks")
+    with graph.inserting_after(banks):
+        graph.call_function(begin_step, (banks,))
+    with graph.inserting_before(output):
+        graph.call_function(end_step, (banks,))
 
 
 def param_roles(model: nn.Module) -> dict[str, str]:

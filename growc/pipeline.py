@@ -24,11 +24,17 @@ GraphPass = Callable[[fx.GraphModule], fx.GraphModule]
 
 
 def finish_pass(gm: fx.GraphModule, name: str, report: dict[str, Any]) -> fx.GraphModule:
-    """Lint and recompile ``gm``'s graph and record ``report`` as the result of pass ``name``."""
+    """Lint and recompile ``gm``'s graph and record ``report`` as the result of pass ``name``.
+
+    A graph that owns template banks gets the step markers (:func:`growc.ops.begin_step`/``end_step``) that let
+    each bank generate its weights once per forward."""
+    from .ops import add_step_markers
+
     try:
         gm.graph.lint()
     except Exception as error:
         raise GrowcPassError(f"pass '{name}' produced a graph that does not lint: {error}") from error
+    add_step_markers(gm)
     gm.recompile()
     meta = gm.meta.setdefault("growc", {})
     meta[name] = report

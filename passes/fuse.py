@@ -57,6 +57,7 @@ from growc.ops import (
     MixedLinear,
     TemplateBank,
     Term,
+    strip_step_markers,
 )
 from growc.pipeline import finish_pass
 from growc.trace import attribute_owner, graph_module
@@ -923,6 +924,9 @@ def fuse_templated(
     configure: Callable[[_Fuser], None] | None = None,
 ) -> tuple[fx.GraphModule, _Fuser]:
     """The fusion itself, on templatized parents this call may consume (their banks become the result's)."""
+    for parent in templated:
+        strip_step_markers(parent.graph)
+        parent.recompile()
     _check_same_architecture(templated)
     propagate_shapes(templated[0], example_inputs)
     fuser = _Fuser(

@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from growc.ops import GRID_TYPES, MIXED_TYPES, MixedWeight
+from growc.ops import GRID_TYPES, MIXED_TYPES, MixedWeight, strip_step_markers
 from growc.pipeline import finish_pass
 from growc.trace import attribute_owner
 
@@ -56,6 +56,7 @@ def materialize(gm: fx.GraphModule) -> fx.GraphModule:
         raise TypeError(f"materialize takes a torch.fx.GraphModule, got {type(gm).__name__}")
     before = sum(p.numel() for p in gm.parameters())
     out = copy.deepcopy(gm)
+    strip_step_markers(out.graph)  # the result owns no banks
     folded: list[dict[str, Any]] = []
     shared: dict[tuple[int, int], nn.Parameter] = {}  # (bank, row) -> one Parameter, so tied weights stay tied
 

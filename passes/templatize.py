@@ -52,6 +52,7 @@ from growc.ops import (
     MixedLinear,
     MixedWeight,
     TemplateBank,
+    strip_step_markers,
 )
 from growc.pipeline import finish_pass
 from growc.trace import attribute_owner, graph_module, trace
@@ -539,6 +540,7 @@ def templatize(
     memo: dict[int, Any] = {id(w.param): w.param for w in replaced}
     root = copy.deepcopy(model, memo)
     gm = graph_module(root, copy.deepcopy(traced.graph), traced.__class__.__name__)
+    strip_step_markers(gm.graph)  # finish_pass puts them back where banks are
     gm.meta = copy.deepcopy(traced.meta)
     shapes = propagate_shapes(gm, example_inputs)
     weights, skipped = _collect(gm)

@@ -70,9 +70,9 @@ def _on_own_templates(model: fx.GraphModule) -> fx.GraphModule:
         if isinstance(module, (_Mixed, MixedWeight)):
             module.index = _orthogonal_row(module.bank)
         elif isinstance(module, GRID_TYPES):
-            for row in module.blocks:
-                for terms in row:
-                    terms[:] = [(bank, _orthogonal_row(bank)) for bank, _ in terms]
+            module.set_blocks(
+                [[[(bank, _orthogonal_row(bank)) for bank, _ in terms] for terms in row] for row in module.blocks]
+            )
     return out
 
 

@@ -122,3 +122,145 @@ def test_param_roles_and_groups_exempt_coefficients_from_weight_decay() -> None:
 def test_bad_coefficient_shape_is_refused() -> None:
     with pytest.raises(ValueError, match=r"coefficients must be \[layers, K=2\], got \(3, 3\)"):
         TemplateBank(torch.randn(2, 4), torch.randn(3, 3), kind="linear")
+
+
+# ------------------------------------------------------------------- grown layers: one contraction per bank per step
+
+
+@pytest.fixture(scope="module")
+def grown() -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    parents = [growc.models.resolve_model("wrn-10-1", num_classes=5) for _ in range(2)]
+    for p in parents:
+        for m in p.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.uniform_(m.weight, 0.5, 1.5)
+    gm = growc.fuse(parents, (x,), cross_init="orthogonal", templatize_options={"sharing": "shape"})
+    return gm, x
+
+
+def _count_mixes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = TemplateBank._mix
+
+    def counting(self: TemplateBank, coefficients: torch.Tensor) -> torch.Tensor:
+        calls.append(id(self))
+        return original(self, coefficients)
+
+    monkeypatch.setattr(TemplateBank, "_mix", counting)
+    return calls
+
+
+def _without_step_markers(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    plain = copy.deepcopy(gm)
+    growc.ops.strip_step_markers(plain.graph)
+    plain.recompile()
+    return plain
+
+
+def test_a_training_forward_generates_each_bank_once(grown, monkeypatch: pytest.MonkeyPatch) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).train()  # survives a deep copy (and pickling): the markers are graph nodes
+    banks = [b for b in gm.modules() if isinstance(b, TemplateBank)]
+    calls = _count_mixes(monkeypatch)
+    gm(x).sum().backward()
+    assert sorted(calls) == sorted(id(b) for b in banks)  # one contraction per bank, shared by all its blocks
+    assert all(b._step is None and not b._in_step for b in banks)  # dropped when the forward ends
+    calls.clear()
+    _without_step_markers(gm)(x)  # without the model's hooks each layer gathers its own rows: more contractions
+    assert len(calls) > len(banks)
+
+
+def test_shared_generation_gives_the_same_outputs_and_gradients(grown) -> None:
+    gm, x = grown
+    shared, separate = copy.deepcopy(gm).train(), _without_step_markers(gm).train()
+    torch.manual_seed(1)
+    out_a = shared(x)
+    torch.manual_seed(1)
+    out_b = separate(x)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    grads_b = dict(separate.named_parameters())
+    for name, p in shared.named_parameters():
+        torch.testing.assert_close(p.grad, grads_b[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_several_forwards_before_one_backward_still_work(grown) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).train()
+    first, second = gm(x[:2]), gm(x[2:])  # gradient accumulation in any order: each forward has its own graph
+    second.sum().backward()
+    first.sum().backward()
+    assert all(p.grad is not None for p in gm.parameters() if p.requires_grad)
+
+
+def test_grid_weights_equal_the_blockwise_definition(grown) -> None:
+    gm, _ = grown
+    for module in gm.modules():
+        if isinstance(module, growc.ops.GRID_TYPES):
+            rows = [torch.cat([sum(b.weights()[r] for b, r in terms) for terms in row], dim=1) for row in module.blocks]
+            expected = torch.cat(rows, dim=0) * module.scale
+            torch.testing.assert_close(module.weight, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_eval_cache_serves_grid_layers_until_a_step_changes_the_parameters(grown) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).eval()
+    layer = next(m for m in gm.modules() if isinstance(m, growc.ops.GRID_TYPES))
+    bank = layer.banks[0]
+    with torch.no_grad():
+        before = gm(x)
+        cached = bank._cache[3]
+        gm(x)
+        assert bank._cache[3] is cached  # the same tensor: nothing regenerated
+    optimizer = torch.optim.SGD(gm.parameters(), lr=0.1)
+    gm.train()
+    gm(x).sum().backward()
+    optimizer.step()
+    gm.eval()
+    with torch.no_grad():
+        after = gm(x)
+    assert bank._cache[3] is not cached and not torch.equal(before, after)
+    torch.testing.assert_close(after, _without_step_markers(gm).eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_sees_no_graph_break_and_matches_eager(grown) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).eval()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(gm)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(gm, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), gm(x), rtol=1e-5, atol=1e-5)
+    gm.train()
+    torch.manual_seed(0)
+    eager = gm(x)
+    torch.manual_seed(0)
+    out = torch.compile(gm, backend="aot_eager")(x)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_inputs_and_modules_give_the_same_outputs(grown) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).eval()
+    with torch.no_grad():
+        expected = gm(x)
+        gm = gm.to(memory_format=torch.channels_last)
+        out = gm(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_autocast_outputs_stay_within_tolerance_of_fp32(grown, dtype: torch.dtype, tolerance: float) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).eval()
+    with torch.no_grad():
+        reference = gm(x)
+        with torch.autocast("cpu", dtype=dtype):
+            low = gm(x)
+    assert low.dtype == dtype
+    error = (low.float() - reference).abs().max() / reference.abs().max()
+    assert error <= tolerance, f"{dtype}: max rel error {error:.3e}"
