@@ -44,6 +44,53 @@ __all__ = [
 ]
 
 
+class _BankMix(torch.autograd.Function):
+    """All of a bank's weights for one step in one contraction, handed out as one output per consumer.
+
+    ``rows`` lists every consumer's rows back to back (``sizes`` long each): forward is ``A[rows] @ T`` once (fp32,
+    outside autocast) and each consumer's output is a slice of it, no copy. Backward concatenates the consumers'
+    gradients and does ``dT = A[rows]ᵀ @ dW`` and ``dA[rows] += dW @ Tᵀ``: one contraction each, with no per-consumer
+    full-size gradient and no scatter over the weights.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, coefficients: Tensor, templates: Tensor, rows: Tensor, sizes: tuple[int, ...]
+    ) -> tuple[Tensor, ...]:
+        dtype = torch.promote_types(templates.dtype, torch.float32)
+        picked = coefficients.index_select(0, rows).to(dtype)
+        device = templates.device.type
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):  # the mix stays fp32; ops cast the finished weights
+                flat = (picked @ templates.flatten(1).to(dtype)).to(templates.dtype)
+        else:
+            flat = (picked @ templates.flatten(1).to(dtype)).to(templates.dtype)
+        ctx.save_for_backward(coefficients, templates, rows)
+        ctx.sizes = sizes
+        shape = templates.shape[1:]
+        return tuple(part.view(n, *shape) for part, n in zip(flat.split(sizes), sizes, strict=True))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        coefficients, templates, rows = ctx.saved_tensors
+        dtype = torch.promote_types(templates.dtype, torch.float32)
+        width = templates[0].numel()
+        parts = [
+            g.reshape(n, width) if g is not None else templates.new_zeros(n, width)
+            for g, n in zip(grads, ctx.sizes, strict=True)
+        ]
+        d_flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
+        d_coefficients = d_templates = None
+        if ctx.needs_input_grad[0]:
+            d_picked = d_flat @ templates.flatten(1).to(dtype).T
+            d_coefficients = torch.zeros_like(coefficients, dtype=dtype).index_add_(0, rows, d_picked)
+            d_coefficients = d_coefficients.to(coefficients.dtype)
+        if ctx.needs_input_grad[1]:
+            picked = coefficients.index_select(0, rows).to(dtype)
+            d_templates = (picked.T @ d_flat).view(templates.shape).to(templates.dtype)
+        return d_coefficients, d_templates, None, None
+
+
 class TemplateBank(nn.Module):
     """K templates shared by L layers of one kind, weight shape and ``groups``; one coefficient row per layer."""
 
@@ -57,7 +104,9 @@ class TemplateBank(nn.Module):
         self.groups = groups
         self._cache: tuple[Tensor, Tensor, tuple[int, int], Tensor] | None = None
         self._in_step = False  # inside a forward of the model that owns the bank (see begin_step)
-        self._step: tuple[Tensor, Tensor, tuple[int, int, bool], Tensor] | None = None
+        self._step: tuple[Tensor, Tensor, tuple[int, int, bool], tuple[Tensor, ...]] | None = None
+        self._consumers: dict[tuple[int, ...], int] = {}  # rows a layer asks for -> its output slot
+        self._layout: tuple[Tensor, tuple[int, ...]] | None = None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -122,35 +171,51 @@ class TemplateBank(nn.Module):
         self._step = None
 
     def end_step(self) -> None:
-        """End the forward: drop the shared tensor (the next forward builds a new graph)."""
+        """End the forward: drop this step's generated weights (the next forward builds a new graph)."""
         self._in_step = False
         self._step = None
 
-    def generated(self) -> Tensor | None:
-        """All L weights shared by the current forward (eval cache, or this step's tensor), or None outside one."""
-        if self._cacheable():
-            return self.cached_weights()
-        if not self._in_step or torch.compiler.is_compiling():
-            return None
+    def _shared_outputs(self) -> tuple[Tensor, ...]:
+        """This step's weights for every known consumer, from one contraction (see :class:`_BankMix`)."""
         t, a = self.templates, self.coefficients
         key = (t._version, a._version, torch.is_grad_enabled())
         step = self._step
         if step is None or step[0] is not t or step[1] is not a or step[2] != key:
-            weights = self.weights()
-            if weights.requires_grad:  # once the backward went through it, it must not be used again
-                weights.register_hook(self._release)
-            self._step = step = (t, a, key, weights)
+            layout = self._consumer_layout(t.device)
+            outputs = _BankMix.apply(a, t, *layout) if layout is not None else ()
+            self._step = step = (t, a, key, outputs)
         return step[3]
 
-    def _release(self, grad: Tensor) -> None:
-        self._step = None
+    def _consumer_layout(self, device: torch.device) -> tuple[Tensor, tuple[int, ...]] | None:
+        """Every consumer's rows back to back, and how many each has (rebuilt when a consumer joins)."""
+        if not self._consumers:
+            return None
+        cached = self._layout
+        if cached is None or len(cached[1]) != len(self._consumers) or cached[0].device != device:
+            rows = [row for key in self._consumers for row in key]
+            cached = (torch.tensor(rows, dtype=torch.long, device=device), tuple(len(k) for k in self._consumers))
+            self._layout = cached
+        return cached
 
-    def rows(self, indices: Tensor) -> Tensor:
-        """The generated weights of rows ``indices`` ``[n, *weight_shape]``: gathered from the shared generation
-        when there is one, else one contraction of just those rows."""
-        shared = self.generated()
-        if shared is not None:
-            return shared.index_select(0, indices.to(shared.device))
+    def rows(self, indices: Tensor, key: tuple[int, ...] | None = None) -> Tensor:
+        """The generated weights of rows ``indices`` ``[n, *weight_shape]`` (``key``: the same rows as a tuple).
+
+        In eval without gradients they come from the eval cache. Inside a forward of the owning model every
+        consumer's rows come out of one contraction per bank (a consumer asking for the first time is served
+        directly and joins from the next step on). Elsewhere: one contraction of just these rows.
+        """
+        if self._cacheable():
+            cache = self.cached_weights()
+            return cache.index_select(0, indices.to(cache.device))
+        if self._in_step and not torch.compiler.is_compiling():
+            key = tuple(int(i) for i in indices.tolist()) if key is None else key
+            slot = self._consumers.get(key)
+            if slot is not None:
+                outputs = self._shared_outputs()
+                if slot < len(outputs):
+                    return outputs[slot]
+            else:
+                self._consumers[key] = len(self._consumers)
         rows = self.coefficients.index_select(0, indices.to(self.coefficients.device))
         return self._mix(rows).view(len(indices), *self.weight_shape)
 
@@ -168,9 +233,10 @@ class TemplateBank(nn.Module):
 
     def weight(self, index: int) -> Tensor:
         """The generated weight of layer ``index``."""
-        shared = self.generated()
-        if shared is not None:
-            return shared[index]
+        if self._cacheable():
+            return self.cached_weights()[index]
+        if self._in_step and not torch.compiler.is_compiling():
+            return self.rows(torch.tensor([index]), (int(index),))[0]
         return self._mix(self.coefficients[index]).view(self.weight_shape)
 
     def _apply(self, fn: Any, recurse: bool = True) -> TemplateBank:  # .to(), .cuda(), .half() ...
@@ -193,6 +259,7 @@ class TemplateBank(nn.Module):
         state["_cache"] = None
         state["_step"] = None
         state["_in_step"] = False
+        state["_layout"] = None
         return state
 
 
@@ -398,7 +465,7 @@ class _Grid(nn.Module):
     def trainable(self) -> bool:
         return any(bank.templates.requires_grad for bank in self.banks)
 
-    def _assembly(self) -> tuple[list[tuple[TemplateBank, Tensor]], Tensor | None, Tensor | None]:
+    def _assembly(self) -> tuple[list[tuple[TemplateBank, Tensor, tuple[int, ...]]], Tensor | None, Tensor | None]:
         """How to build the weight without per-block Python work: per bank the rows to gather, then either a
         permutation of the gathered terms into block order (one term per block) or the block each term adds to."""
         plan = self.__dict__.get("_plan")
@@ -411,7 +478,7 @@ class _Grid(nn.Module):
                 entry = by_bank.setdefault(id(bank), (bank, [], []))
                 entry[1].append(row)
                 entry[2].append(b)
-        gathers = [(bank, torch.tensor(rows, dtype=torch.long)) for bank, rows, _ in by_bank.values()]
+        gathers = [(bank, torch.tensor(rows, dtype=torch.long), tuple(rows)) for bank, rows, _ in by_bank.values()]
         owner = torch.tensor([b for _, _, owners in by_bank.values() for b in owners], dtype=torch.long)
         if len(owner) == len(blocks):  # one term per block: a permutation
             perm = torch.argsort(owner)
@@ -425,7 +492,7 @@ class _Grid(nn.Module):
     @property
     def weight(self) -> Tensor:
         gathers, perm, owner = self._assembly()
-        pieces = [bank.rows(rows) for bank, rows in gathers]
+        pieces = [bank.rows(rows, key) for bank, rows, key in gathers]
         terms = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         r, c = len(self._blocks), len(self._blocks[0])
         if owner is not None:  # blocks that sum several terms

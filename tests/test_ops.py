@@ -163,18 +163,27 @@ def test_a_training_forward_generates_each_bank_once(grown, monkeypatch: pytest.
     gm, x = grown
     gm = copy.deepcopy(gm).train()  # survives a deep copy (and pickling): the markers are graph nodes
     banks = [b for b in gm.modules() if isinstance(b, TemplateBank)]
-    calls = _count_mixes(monkeypatch)
+    gm(x)  # the first forward learns which rows each layer needs
+    mixes = _count_mixes(monkeypatch)
+    shared: list[int] = []
+    original = growc.ops._BankMix.forward
+    monkeypatch.setattr(
+        growc.ops._BankMix,
+        "forward",
+        staticmethod(lambda ctx, a, t, *i: shared.append(id(t)) or original(ctx, a, t, *i)),
+    )
     gm(x).sum().backward()
-    assert sorted(calls) == sorted(id(b) for b in banks)  # one contraction per bank, shared by all its blocks
+    assert mixes == []  # no layer contracts on its own
+    assert sorted(shared) == sorted(id(b.templates) for b in banks)  # one contraction per bank, for all its layers
     assert all(b._step is None and not b._in_step for b in banks)  # dropped when the forward ends
-    calls.clear()
-    _without_step_markers(gm)(x)  # without the model's hooks each layer gathers its own rows: more contractions
-    assert len(calls) > len(banks)
+    _without_step_markers(gm)(x)  # without the markers each layer contracts its own rows
+    assert len(mixes) > len(banks)
 
 
 def test_shared_generation_gives_the_same_outputs_and_gradients(grown) -> None:
     gm, x = grown
     shared, separate = copy.deepcopy(gm).train(), _without_step_markers(gm).train()
+    shared(x)  # registers the consumers: the next forward shares
     torch.manual_seed(1)
     out_a = shared(x)
     torch.manual_seed(1)
@@ -264,3 +273,20 @@ def test_autocast_outputs_stay_within_tolerance_of_fp32(grown, dtype: torch.dtyp
     assert low.dtype == dtype
     error = (low.float() - reference).abs().max() / reference.abs().max()
     assert error <= tolerance, f"{dtype}: max rel error {error:.3e}"
+
+
+def test_the_benchmark_block_loop_reference_computes_the_same_weights(grown) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("runtime_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gm, x = grown
+    reference = module.block_loop(gm)
+    ours = {n: m for n, m in gm.named_modules() if isinstance(m, growc.ops.GRID_TYPES)}
+    for name, layer in reference.named_modules():
+        if name in ours:
+            torch.testing.assert_close(layer.weight, ours[name].weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reference.eval()(x), copy.deepcopy(gm).eval()(x), rtol=1e-5, atol=1e-5)
