@@ -175,6 +175,14 @@ class TemplateBank(nn.Module):
         self._in_step = False
         self._step = None
 
+    def set_consumers(self, keys: list[tuple[int, ...]]) -> None:
+        """The rows each layer of the owning model reads (set by :func:`add_step_markers`): every step generates
+        exactly these, in this order, so the numbers do not depend on which forward came first (a resumed run
+        computes what an uninterrupted one does)."""
+        self._consumers = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        self._layout = None
+        self._step = None
+
     def _shared_outputs(self) -> tuple[Tensor, ...]:
         """This step's weights for every known consumer, from one contraction (see :class:`_BankMix`)."""
         t, a = self.templates, self.coefficients
@@ -197,6 +205,18 @@ class TemplateBank(nn.Module):
             self._layout = cached
         return cached
 
+    def _shared(self, key: tuple[int, ...]) -> Tensor | None:
+        """This step's output for the consumer reading rows ``key``; None (and registered for the next steps) when
+        it is new."""
+        slot = self._consumers.get(key)
+        if slot is None:
+            self._consumers[key] = len(self._consumers)
+            return None
+        outputs = self._shared_outputs()
+        if slot >= len(outputs):
+            return None
+        return outputs[slot]
+
     def rows(self, indices: Tensor, key: tuple[int, ...] | None = None) -> Tensor:
         """The generated weights of rows ``indices`` ``[n, *weight_shape]`` (``key``: the same rows as a tuple).
 
@@ -208,14 +228,9 @@ class TemplateBank(nn.Module):
             cache = self.cached_weights()
             return cache.index_select(0, indices.to(cache.device))
         if self._in_step and not torch.compiler.is_compiling():
-            key = tuple(int(i) for i in indices.tolist()) if key is None else key
-            slot = self._consumers.get(key)
-            if slot is not None:
-                outputs = self._shared_outputs()
-                if slot < len(outputs):
-                    return outputs[slot]
-            else:
-                self._consumers[key] = len(self._consumers)
+            shared = self._shared(tuple(int(i) for i in indices.tolist()) if key is None else key)
+            if shared is not None:
+                return shared
         rows = self.coefficients.index_select(0, indices.to(self.coefficients.device))
         return self._mix(rows).view(len(indices), *self.weight_shape)
 
@@ -236,7 +251,9 @@ class TemplateBank(nn.Module):
         if self._cacheable():
             return self.cached_weights()[index]
         if self._in_step and not torch.compiler.is_compiling():
-            return self.rows(torch.tensor([index]), (int(index),))[0]
+            shared = self._shared((int(index),))
+            if shared is not None:
+                return shared[0]
         return self._mix(self.coefficients[index]).view(self.weight_shape)
 
     def _apply(self, fn: Any, recurse: bool = True) -> TemplateBank:  # .to(), .cuda(), .half() ...
@@ -613,6 +630,15 @@ def add_step_markers(gm: torch.fx.GraphModule) -> None:
     strip_step_markers(graph)
     if "growc_banks" not in gm._modules:
         return
+    consumers: dict[int, list[tuple[int, ...]]] = {id(bank): [] for bank in _banks_of(gm.growc_banks)}
+    for module in gm.modules():
+        if isinstance(module, GRID_TYPES):
+            for bank, _, key in module._assembly()[0]:
+                consumers.setdefault(id(bank), []).append(key)
+        elif isinstance(module, _Mixed):
+            consumers.setdefault(id(module.bank), []).append((int(module.index),))
+    for bank in _banks_of(gm.growc_banks):
+        bank.set_consumers(consumers[id(bank)])  # the layers that read it are this graph's
     nodes = list(graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder"]
     output = next(n for n in reversed(nodes) if n.op == "output")

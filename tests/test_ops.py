@@ -163,7 +163,6 @@ def test_a_training_forward_generates_each_bank_once(grown, monkeypatch: pytest.
     gm, x = grown
     gm = copy.deepcopy(gm).train()  # survives a deep copy (and pickling): the markers are graph nodes
     banks = [b for b in gm.modules() if isinstance(b, TemplateBank)]
-    gm(x)  # the first forward learns which rows each layer needs
     mixes = _count_mixes(monkeypatch)
     shared: list[int] = []
     original = growc.ops._BankMix.forward
@@ -183,7 +182,6 @@ def test_a_training_forward_generates_each_bank_once(grown, monkeypatch: pytest.
 def test_shared_generation_gives_the_same_outputs_and_gradients(grown) -> None:
     gm, x = grown
     shared, separate = copy.deepcopy(gm).train(), _without_step_markers(gm).train()
-    shared(x)  # registers the consumers: the next forward shares
     torch.manual_seed(1)
     out_a = shared(x)
     torch.manual_seed(1)
@@ -290,3 +288,19 @@ def test_the_benchmark_block_loop_reference_computes_the_same_weights(grown) -> 
         if name in ours:
             torch.testing.assert_close(layer.weight, ours[name].weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(reference.eval()(x), copy.deepcopy(gm).eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_bank_generates_only_the_rows_its_model_reads(grown) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).train()
+    gm(x)  # rows the parents' own forwards read (shape analysis, checks) are not generated for the grown model
+    needed: dict[int, int] = {}
+    for module in gm.modules():
+        if isinstance(module, growc.ops.GRID_TYPES):
+            for row in module.blocks:
+                for terms in row:
+                    for bank, _ in terms:
+                        needed[id(bank)] = needed.get(id(bank), 0) + 1
+    for bank in gm.modules():
+        if isinstance(bank, TemplateBank):
+            assert sum(len(rows) for rows in bank._consumers) == needed[id(bank)]
