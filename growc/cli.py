@@ -22,13 +22,11 @@ from typing import Any
 
 import torch
 
-from .build import ARTIFACT_FILES
+from .build import ARTIFACT_FILES, DTYPES
 from .errors import GrowcError
 from .models import BUILTIN_NAMES, default_input_shape, resolve_model
 
 __all__ = ["format_templatize_report", "main"]
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import fx, nn
 
 from .errors import GrowcError
-from .io import atomic_write_text
+from .io import atomic_file, atomic_write_text
 from .ops import GRID_TYPES, MIXED_TYPES, TemplateBank
 
 __all__ = ["coefficient_heatmap", "coefficient_rows", "graph_dot", "write_graphic"]
@@ -79,9 +79,8 @@ def write_graphic(dot: str, path: str | Path) -> Path:
     done = subprocess.run([program, f"-T{_RENDERED[suffix]}"], input=dot.encode(), capture_output=True, check=False)
     if done.returncode != 0:
         raise GrowcError(f"Graphviz failed to render '{target}': {done.stderr.decode(errors='replace').strip()}")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(done.stdout)
-    tmp.replace(target)
+    with atomic_file(target) as tmp:
+        tmp.write_bytes(done.stdout)
     return target
 
 
@@ -139,9 +138,8 @@ def coefficient_heatmap(gm: nn.Module, path: str | Path, *, title: str = "templa
         ax.set_title(title)
         fig.colorbar(image, ax=ax, fraction=0.05)
         fig.tight_layout()
-        tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(target)
+        with atomic_file(target) as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
     return target

@@ -11,11 +11,11 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, field_validator
 
 from .data import DataSpec
 from .spec import GrowthSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, check_steps, load_spec
-from .specdoc import GrowcSpecError, Located, SpecModel, exact_int, load_document
+from .specdoc import Document, GrowcSpecError, SpecModel, exact_int, load_document
 
 __all__ = [
     "OptimizerSpec",
@@ -84,7 +84,7 @@ class CheckpointSpec(SpecModel):
     every: Annotated[int, Field(ge=1)] = Field(default=1, description="checkpoint every N epochs")
 
 
-class RecipeSpec(SpecModel):
+class RecipeSpec(Document):
     """A training recipe (version 1)."""
 
     growc: Literal[1] = Field(description="the spec version; this growc reads version 1")
@@ -101,17 +101,7 @@ class RecipeSpec(SpecModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="checkpoint cadence")
     output: RunOutputSpec = Field(description="the run folder (or growc train --out)")
 
-    _doc: Located | None = PrivateAttr(default=None)
-
     _version = field_validator("growc", mode="before")(exact_int)
-
-    @property
-    def doc(self) -> Located:
-        return self._doc if self._doc is not None else Located("<recipe>", None)
-
-    @property
-    def base_dir(self) -> Path:
-        return Path(self.doc.file).resolve().parent if self._doc is not None else Path.cwd()
 
 
 def sample_shape(data: DataSpec) -> tuple[int, ...]:
@@ -192,10 +182,7 @@ def load_recipe(source: str | Path, *, text: str | None = None, file: str | None
 
 def recipe_json_schema() -> dict[str, Any]:
     """The JSON Schema of recipes (``growc schema --recipe``)."""
-    schema = RecipeSpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://growc.dev/schema/recipe-v1.json"
-    return schema
+    return RecipeSpec.json_schema("https://growc.dev/schema/recipe-v1.json")
 
 
 def lr_at(step: int, total: int, per_epoch: int, phase: PhaseSpec) -> float:

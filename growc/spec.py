@@ -23,9 +23,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, field_validator
 
-from .specdoc import GrowcSpecError, Located, SpecModel, exact_int, load_document, plain_data
+from .specdoc import Document, GrowcSpecError, Located, SpecModel, exact_int, load_document, plain_data
 
 __all__ = [
     "SPEC_VERSION",
@@ -155,7 +155,7 @@ class OutputSpec(SpecModel):
     overwrite: bool = Field(default=False, description="replace the folder if it exists")
 
 
-class GrowthSpec(SpecModel):
+class GrowthSpec(Document):
     """A growth spec (version 1)."""
 
     growc: Literal[1] = Field(description="the spec version; this growc reads version 1")
@@ -171,19 +171,7 @@ class GrowthSpec(SpecModel):
     growth: list[StepSpec] = Field(min_length=1, description="the growth steps, applied in order")
     output: OutputSpec | None = Field(default=None, description="the artifact folder (or growc grow --out)")
 
-    _doc: Located | None = PrivateAttr(default=None)
-
     _version = field_validator("growc", mode="before")(exact_int)
-
-    @property
-    def doc(self) -> Located:
-        """Where each value came from (for errors found after loading, e.g. against the traced graph)."""
-        return self._doc if self._doc is not None else Located("<spec>", None)
-
-    @property
-    def base_dir(self) -> Path:
-        """The folder relative paths in the spec (parents' weights) are resolved against."""
-        return Path(self.doc.file).resolve().parent if self._doc is not None else Path.cwd()
 
     def is_fusion(self, step: int) -> bool:
         """Whether step ``step`` fuses several parents (only the first step can)."""
@@ -323,10 +311,7 @@ def load_spec(source: str | Path, *, text: str | None = None, file: str | None =
 
 def spec_json_schema() -> dict[str, Any]:
     """The JSON Schema of growth specs (``growc schema``), for editors' YAML validation."""
-    schema = GrowthSpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://growc.dev/schema/growth-spec-v1.json"
-    return schema
+    return GrowthSpec.json_schema("https://growc.dev/schema/growth-spec-v1.json")
 
 
 def spec_json_schema_text(kind: str = "spec") -> str:

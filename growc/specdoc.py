@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from .errors import GrowcConfigError
 
 __all__ = [
+    "Document",
     "GrowcSpecError",
     "Located",
     "SpecIssue",
@@ -42,6 +43,30 @@ class SpecModel(BaseModel):
     """Base of every schema: unknown keys are errors and values are not coerced (``"3"`` is not an int)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class Document(SpecModel):
+    """A top-level document (growth spec, recipe) that remembers where each of its values came from."""
+
+    _doc: Located | None = PrivateAttr(default=None)
+
+    @property
+    def doc(self) -> Located:
+        """Where each value came from (for errors found after loading, e.g. against the traced graph)."""
+        return self._doc if self._doc is not None else Located(f"<{type(self).__name__}>", None)
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the document are resolved against (the document's own)."""
+        return Path(self.doc.file).resolve().parent if self._doc is not None else Path.cwd()
+
+    @classmethod
+    def json_schema(cls, schema_id: str) -> dict[str, Any]:
+        """The JSON Schema of this document type, for editors' YAML validation."""
+        schema = cls.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = schema_id
+        return schema
 
 
 def exact_int(value: object) -> object:

@@ -23,6 +23,7 @@ identical).
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -44,7 +45,7 @@ from torch import nn
 from .build import example_input, grow, load, write_artifact
 from .data import Dataset, load_data
 from .errors import GrowcError
-from .io import atomic_directory, atomic_write_text, load_into, load_state_dict, save_tensors, write_json
+from .io import atomic_directory, atomic_file, atomic_write_text, load_into, load_state_dict, save_tensors, write_json
 from .ops import param_groups
 from .recipe import PhaseSpec, RecipeSpec, growth_spec, load_recipe, lr_at
 from .spec import GrowthSpec, load_spec
@@ -183,7 +184,7 @@ def count_training_flops(model: nn.Module, sample_shape: tuple[int, ...], num_cl
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    probe = _copy(model).train()
+    probe = copy.deepcopy(model).train()
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
     counts = []
     for batch in (2, 4):
@@ -195,12 +196,6 @@ def count_training_flops(model: nn.Module, sample_shape: tuple[int, ...], num_cl
         probe.zero_grad(set_to_none=True)
     per_sample = (counts[1] - counts[0]) / 2
     return {"per_sample": per_sample, "per_step": max(0.0, counts[0] - 2 * per_sample)}
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -377,8 +372,8 @@ class _Loop:
         }
         if folder is not None and done is not None and checkpoint is not None and self.dist.main:
             folder.mkdir(parents=True, exist_ok=True)
-            save_tensors(dict(model.state_dict()), folder / ".model.safetensors.tmp")
-            os.replace(folder / ".model.safetensors.tmp", folder / "model.safetensors")
+            with atomic_file(folder / "model.safetensors") as tmp:
+                save_tensors(dict(model.state_dict()), tmp)
             atomic_write_text(done, json.dumps(record, indent=2) + "\n")
             shutil.rmtree(checkpoint, ignore_errors=True)
         self.dist.barrier()
@@ -584,9 +579,8 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
             ax.set_title(title)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        tmp = out / ".curves.tmp.png"
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out / "curves.png")
+        with atomic_file(out / "curves.png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
 
