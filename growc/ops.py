@@ -44,6 +44,19 @@ __all__ = [
 ]
 
 
+def _contract(coefficients: Tensor, templates: Tensor) -> Tensor:
+    """``coefficients @ templates`` flattened, in at least fp32 and outside autocast, returned in the templates'
+    dtype: the weights keep full precision and the op that uses them casts them once."""
+    dtype = torch.promote_types(templates.dtype, torch.float32)
+    device = templates.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            flat = coefficients.to(dtype) @ templates.flatten(1).to(dtype)
+    else:  # no autocast region to leave (and none exists for meta tensors during shape analysis)
+        flat = coefficients.to(dtype) @ templates.flatten(1).to(dtype)
+    return flat.to(templates.dtype)
+
+
 class _BankMix(torch.autograd.Function):
     """All of a bank's weights for one step in one contraction, handed out as one output per consumer.
 
@@ -57,14 +70,7 @@ class _BankMix(torch.autograd.Function):
     def forward(
         ctx: Any, coefficients: Tensor, templates: Tensor, rows: Tensor, sizes: tuple[int, ...]
     ) -> tuple[Tensor, ...]:
-        dtype = torch.promote_types(templates.dtype, torch.float32)
-        picked = coefficients.index_select(0, rows).to(dtype)
-        device = templates.device.type
-        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):  # the mix stays fp32; ops cast the finished weights
-                flat = (picked @ templates.flatten(1).to(dtype)).to(templates.dtype)
-        else:
-            flat = (picked @ templates.flatten(1).to(dtype)).to(templates.dtype)
+        flat = _contract(coefficients.index_select(0, rows), templates)
         ctx.save_for_backward(coefficients, templates, rows)
         ctx.sizes = sizes
         shape = templates.shape[1:]
@@ -127,16 +133,8 @@ class TemplateBank(nn.Module):
         )
 
     def _mix(self, coefficients: Tensor) -> Tensor:
-        """``coefficients @ templates`` in at least fp32, outside autocast; one matmul whatever the row count."""
-        templates = self.templates
-        dtype = torch.promote_types(templates.dtype, torch.float32)
-        device = templates.device.type
-        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                flat = coefficients.to(dtype) @ templates.flatten(1).to(dtype)
-        else:  # no autocast region to leave (and none exists for meta tensors during shape analysis)
-            flat = coefficients.to(dtype) @ templates.flatten(1).to(dtype)
-        return flat.to(templates.dtype)
+        """``coefficients @ templates`` (see :func:`_contract`); one matmul whatever the row count."""
+        return _contract(coefficients, self.templates)
 
     def weights(self) -> Tensor:
         """All L generated weights, ``[L, *weight_shape]``, in one contraction."""
