@@ -7,6 +7,8 @@ import io
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import growc
@@ -26,30 +28,55 @@ def test_weight_is_the_coefficient_mix_of_templates() -> None:
         torch.testing.assert_close(bank.weight(i), expected[i], rtol=1e-6, atol=1e-6)
 
 
+def _layers(bank: TemplateBank) -> list[MixedConv2d]:
+    conv = nn.Conv2d(bank.weight_shape[1], bank.weight_shape[0], bank.weight_shape[2])
+    return [MixedConv2d(bank, i, conv) for i in range(bank.num_layers)]
+
+
 def test_eval_cache_returns_same_tensor_until_a_parameter_changes() -> None:
     bank = make_bank().eval()
+    layers = _layers(bank)
     with torch.no_grad():
-        first = bank.weight(0)
-        assert bank.weight(0).data_ptr() == first.data_ptr()  # served from the cache
-        assert bank.weight(1).data_ptr() != first.data_ptr()
-        cached = bank.cached_weights()
-        assert bank.cached_weights() is cached
+        first = layers[0].weight
+        assert layers[0].weight is first  # served from the cache
         bank.coefficients.add_(1.0)  # an in-place update bumps the version counter
-        regenerated = bank.weight(0)
-    assert bank.cached_weights() is not cached
-    torch.testing.assert_close(regenerated, bank.weights()[0].detach())
-    assert not torch.equal(regenerated, first)
+        regenerated = layers[0].weight
+        assert regenerated is not first and layers[0].weight is regenerated
+        bank.coefficients.data.add_(1.0)  # .data writes bypass version counters: clear_cache says so
+        assert layers[0].weight is regenerated
+        bank.clear_cache()
+        cleared = layers[0].weight
+    assert cleared is not regenerated
+    torch.testing.assert_close(cleared, bank.weights()[0], rtol=1e-6, atol=1e-6)
+    assert not torch.equal(regenerated, first) and not torch.equal(cleared, regenerated)
 
 
 def test_no_cache_in_training_or_with_grad() -> None:
     bank = make_bank()
-    w = bank.weight(0)
-    assert w.requires_grad and bank._cache is None
+    layer = _layers(bank)[0]
+    w = layer.weight
+    assert w.requires_grad and layer.weight is not w
     w.sum().backward()
     assert bank.templates.grad is not None and bank.coefficients.grad is not None
     bank.eval()
-    w = bank.weight(0)  # grad enabled and parameters require grad: no cache, gradients still flow
-    assert w.requires_grad and bank._cache is None
+    w = layer.weight  # grad enabled and parameters require grad: no cache, gradients still flow
+    assert w.requires_grad and layer.weight is not w
+
+
+def test_layer_weights_and_gradients_equal_the_mix() -> None:
+    bank = make_bank(layers=4, k=3)
+    layers = _layers(bank)
+    weights = [layer.weight for layer in layers]
+    grads = [torch.randn_like(w, generator=torch.Generator().manual_seed(i)) for i, w in enumerate(weights)]
+    torch.autograd.backward(weights, grads)
+    ours = bank.templates.grad, bank.coefficients.grad
+    bank.zero_grad(set_to_none=True)
+    expected = torch.einsum("lk,kabcd->labcd", bank.coefficients, bank.templates)
+    torch.autograd.backward(list(expected), grads)
+    for w, e in zip(weights, expected, strict=True):
+        torch.testing.assert_close(w, e, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours[0], bank.templates.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[1], bank.coefficients.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_autocast_mixes_in_fp32_and_casts_once() -> None:
@@ -57,7 +84,7 @@ def test_autocast_mixes_in_fp32_and_casts_once() -> None:
     layer = MixedLinear(bank, 0, nn.Linear(8, 8))
     x = torch.randn(4, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        w = bank.weight(0)
+        w = layer.weight
         y = layer(x)
     assert w.dtype == torch.float32  # the mix is fp32; the op casts the finished weight
     assert y.dtype == torch.bfloat16
@@ -82,13 +109,15 @@ def test_mixed_layers_reference_the_bank_without_owning_it() -> None:
     assert loaded.a.bank is loaded.banks.b
 
 
-def test_to_moves_bank_and_clears_cache() -> None:
+def test_to_regenerates_in_the_new_dtype() -> None:
     bank = make_bank().eval()
+    layer = _layers(bank)[0].eval()
     with torch.no_grad():
-        bank.weight(0)
-    assert bank._cache is not None
-    bank.double()
-    assert bank._cache is None and bank.weight(0).dtype == torch.float64
+        before = layer.weight
+        bank.double()
+        after = layer.weight
+    assert before.dtype == torch.float32 and after.dtype == torch.float64
+    torch.testing.assert_close(after.float(), before)
 
 
 def test_padding_modes_match_plain_conv() -> None:
@@ -140,15 +169,15 @@ def grown() -> tuple[torch.fx.GraphModule, torch.Tensor]:
     return gm, x
 
 
-def _count_mixes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    original = TemplateBank._mix
+def _count_generations(monkeypatch: pytest.MonkeyPatch) -> list[growc.generation._Layout]:
+    calls: list[growc.generation._Layout] = []
+    original = growc.generation._Generate.forward
 
-    def counting(self: TemplateBank, coefficients: torch.Tensor) -> torch.Tensor:
-        calls.append(id(self))
-        return original(self, coefficients)
+    def counting(ctx, layout, *args):
+        calls.append(layout)
+        return original(ctx, layout, *args)
 
-    monkeypatch.setattr(TemplateBank, "_mix", counting)
+    monkeypatch.setattr(growc.generation._Generate, "forward", staticmethod(counting))
     return calls
 
 
@@ -159,24 +188,26 @@ def _without_step_markers(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return plain
 
 
-def test_a_training_forward_generates_each_bank_once(grown, monkeypatch: pytest.MonkeyPatch) -> None:
+def _group(layer: nn.Module) -> growc.generation._Group:
+    return layer.__dict__["_growc_slot"][0]
+
+
+def test_a_training_forward_generates_each_bank_group_once(grown, monkeypatch: pytest.MonkeyPatch) -> None:
     gm, x = grown
     gm = copy.deepcopy(gm).train()  # survives a deep copy (and pickling): the markers are graph nodes
     banks = [b for b in gm.modules() if isinstance(b, TemplateBank)]
-    mixes = _count_mixes(monkeypatch)
-    shared: list[int] = []
-    original = growc.ops._BankMix.forward
-    monkeypatch.setattr(
-        growc.ops._BankMix,
-        "forward",
-        staticmethod(lambda ctx, a, t, *i: shared.append(id(t)) or original(ctx, a, t, *i)),
-    )
+    layers = [m for m in gm.modules() if isinstance(m, growc.ops.GENERATED_TYPES)]
+    groups = gm.growc_banks.__dict__["_growc_groups"]
+    assert {id(_group(m)) for m in layers} == {id(g) for g in groups}  # every layer is in one of its graph's groups
+    calls = _count_generations(monkeypatch)
     gm(x).sum().backward()
-    assert mixes == []  # no layer contracts on its own
-    assert sorted(shared) == sorted(id(b.templates) for b in banks)  # one contraction per bank, for all its layers
-    assert all(b._step is None and not b._in_step for b in banks)  # dropped when the forward ends
-    _without_step_markers(gm)(x)  # without the markers each layer contracts its own rows
-    assert len(mixes) > len(banks)
+    assert sorted(map(id, calls)) == sorted(id(g.layout) for g in groups)  # one node per group, for all its layers
+    assert sorted(id(b) for g in groups for b in g.banks) == sorted(map(id, banks))  # each bank in one group
+    assert sum(len(c.layers) for c in calls) == len(layers)
+    assert all(g._step is None and not g._in_step for g in groups)  # dropped when the forward ends
+    calls.clear()
+    _without_step_markers(gm)(x)  # without the markers each layer generates its own weight
+    assert len(calls) == len(layers) and all(len(c.layers) == 1 for c in calls)
 
 
 def test_shared_generation_gives_the_same_outputs_and_gradients(grown) -> None:
@@ -186,7 +217,7 @@ def test_shared_generation_gives_the_same_outputs_and_gradients(grown) -> None:
     out_a = shared(x)
     torch.manual_seed(1)
     out_b = separate(x)
-    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out_a, out_b)  # the same kernels on the same numbers: bit for bit
     out_a.square().sum().backward()
     out_b.square().sum().backward()
     grads_b = dict(separate.named_parameters())
@@ -216,12 +247,12 @@ def test_eval_cache_serves_grid_layers_until_a_step_changes_the_parameters(grown
     gm, x = grown
     gm = copy.deepcopy(gm).eval()
     layer = next(m for m in gm.modules() if isinstance(m, growc.ops.GRID_TYPES))
-    bank = layer.banks[0]
+    group = _group(layer)
     with torch.no_grad():
         before = gm(x)
-        cached = bank._cache[3]
+        cached = group._cache[3]
         gm(x)
-        assert bank._cache[3] is cached  # the same tensor: nothing regenerated
+        assert group._cache[3] is cached  # the same tensors: nothing regenerated
     optimizer = torch.optim.SGD(gm.parameters(), lr=0.1)
     gm.train()
     gm(x).sum().backward()
@@ -229,7 +260,7 @@ def test_eval_cache_serves_grid_layers_until_a_step_changes_the_parameters(grown
     gm.eval()
     with torch.no_grad():
         after = gm(x)
-    assert bank._cache[3] is not cached and not torch.equal(before, after)
+    assert group._cache[3] is not cached and not torch.equal(before, after)
     torch.testing.assert_close(after, _without_step_markers(gm).eval()(x), rtol=1e-5, atol=1e-6)
 
 
@@ -291,9 +322,8 @@ def test_the_benchmark_block_loop_reference_computes_the_same_weights(grown) -> 
 
 
 def test_a_bank_generates_only_the_rows_its_model_reads(grown) -> None:
-    gm, x = grown
-    gm = copy.deepcopy(gm).train()
-    gm(x)  # rows the parents' own forwards read (shape analysis, checks) are not generated for the grown model
+    gm, _ = grown
+    gm = copy.deepcopy(gm)  # rows the parents' own forwards read (shape analysis, checks) are not generated
     needed: dict[int, int] = {}
     for module in gm.modules():
         if isinstance(module, growc.ops.GRID_TYPES):
@@ -301,6 +331,74 @@ def test_a_bank_generates_only_the_rows_its_model_reads(grown) -> None:
                 for terms in row:
                     for bank, _ in terms:
                         needed[id(bank)] = needed.get(id(bank), 0) + 1
-    for bank in gm.modules():
-        if isinstance(bank, TemplateBank):
-            assert sum(len(rows) for rows in bank._consumers) == needed[id(bank)]
+    for group in gm.growc_banks.__dict__["_growc_groups"]:
+        for bank, rows in zip(group.banks, group.layout.rows, strict=True):
+            assert len(rows) == needed[id(bank)]
+
+
+def _reference_weight(layer: nn.Module) -> torch.Tensor:
+    """The definition: each block the sum of its terms' bank rows, blocks concatenated, times the scale."""
+    rows = []
+    for row in layer.blocks:
+        blocks = []
+        for terms in row:
+            block = torch.zeros(layer.banks[0].weight_shape)
+            for bank, index in terms:
+                block = block + torch.einsum("k,k...->...", bank.coefficients[index], bank.templates)
+            blocks.append(block)
+        rows.append(torch.cat(blocks, dim=1) if blocks[0].dim() > 1 else torch.cat(blocks))
+    return torch.cat(rows) * layer.scale
+
+
+@settings(max_examples=30)
+@given(
+    rows=st.integers(1, 3),
+    cols=st.integers(1, 3),
+    data=st.data(),
+    scale=st.sampled_from([1.0, 0.5, -2.0]),
+    linear=st.booleans(),
+)
+def test_grids_of_any_terms_generate_the_definition_and_its_gradients(rows, cols, data, scale, linear) -> None:
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    shape = (3, 4) if linear else (3, 4, 3, 3)
+    banks = [
+        TemplateBank(torch.randn(k, *shape, generator=g), torch.randn(3, k, generator=g), kind="linear") for k in (2, 3)
+    ]
+    term = st.tuples(st.sampled_from(banks), st.integers(0, 2))
+    # one or two terms per block (a block with none reads as zeros when another block fixes the shape)
+    blocks = [[data.draw(st.lists(term, min_size=1, max_size=2)) for _ in range(cols)] for _ in range(rows)]
+    if data.draw(st.booleans()) and rows * cols > 1:
+        blocks[-1][-1] = []
+    if linear:
+        layer = growc.ops.GridLinear(blocks, None, in_features=4 * cols, out_features=3 * rows, scale=scale)
+    else:
+        conv = nn.Conv2d(4, 3, 3)
+        layer = growc.ops.GridConv2d(
+            blocks, None, conv, in_channels=4 * cols, out_channels=3 * rows, groups=1, scale=scale
+        )
+    ours = layer.weight
+    grad = torch.randn(ours.shape, generator=g)
+    ours.backward(grad)
+    got = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for b in banks for p in b.parameters()]
+    for b in banks:
+        b.zero_grad(set_to_none=True)
+    expected = _reference_weight(layer)
+    expected.backward(grad)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    want = [p.grad if p.grad is not None else torch.zeros_like(p) for b in banks for p in b.parameters()]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_templates_are_stored_out_major_and_their_gradient_needs_no_copy() -> None:
+    bank = make_bank(layers=2, shape=(4, 3, 3, 3))
+    assert bank.templates.shape == (2, 4, 3, 3, 3) and bank.templates.transpose(0, 1).is_contiguous()
+    layer = _layers(bank)[0]
+    layer(torch.randn(1, 3, 5, 5)).sum().backward()
+    assert bank.templates.grad.stride() == bank.templates.stride()  # handed over as computed, not re-laid out
+    for moved in (copy.deepcopy(bank), bank.double(), bank.to(memory_format=torch.channels_last)):
+        assert moved.templates.transpose(0, 1).is_contiguous()
+    state = {k: v.contiguous() for k, v in bank.state_dict().items()}
+    fresh = make_bank(layers=2, shape=(4, 3, 3, 3)).double()
+    fresh.load_state_dict(state)
+    assert fresh.templates.transpose(0, 1).is_contiguous() and torch.equal(fresh.templates, bank.templates)

@@ -1,0 +1,388 @@
+"""Weight generation: every generated weight of a graph written in place, one autograd node per bank group per step.
+
+A generated layer's weight is an ``R x C`` grid of blocks (a template-mixed layer is the ``1 x 1`` case); block
+``(r, c)`` is the sum of its terms ``A_b[row] @ T_b`` over banks ``b`` (usually one term). Viewed as
+``[R, out, C, width]`` (``out`` the block's output channels, ``width`` the rest of the block flattened), grid row
+``r`` is one contiguous slab, and a run of columns that read the same bank is
+
+    W[r, :, c0:c1, :] = P @ T_b   batched over out:   [out, n, K] @ [out, K, width] -> [out, n, width]
+
+with ``P = A_b[rows]`` (``n x K``) and ``T_b`` seen as ``[out, K, width]`` (a strided view of the templates, no
+copy). A row read from one bank, the common case (parents' rows and their cross blocks share the row's bank), is
+one ``bmm`` writing straight into the weight: no per-block work, no concatenation, no layout copy.
+
+:class:`_Generate` does this for a whole :class:`_Layout` (several layers over several banks) in one autograd
+node. Its backward reads each weight gradient slab where it lies: ``dT_b`` accumulates ``Pᵀ @ dW`` per slab into
+one ``[out, K, width]`` buffer per bank (returned as a permuted view: no copy) and ``dA_b[rows]`` is
+``sum_out(dW @ T_bᵀ)``. Everything is computed in at least fp32 with autocast off; the result is returned in the
+templates' dtype, so an autocast region casts the finished weight once.
+
+A :class:`_Group` is a connected set of banks and the layers of one graph that read them (see
+:func:`register`). In a training step (between the graph's ``begin_step``/``end_step`` markers) the first layer
+that needs its weight generates the whole group's weights in one node and the others take theirs from it; in eval
+with gradients off the group caches its weights until a template or coefficient changes; elsewhere (and under
+``torch.compile``, which sees the plain ops) a layer generates just its own weight with the same kernels, so every
+path computes bit for bit the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+if TYPE_CHECKING:
+    from .ops import TemplateBank
+
+#: a layer's blocks: ``blocks[r][c]`` lists the block's terms as ``(bank, coefficient row)``
+Blocks = Sequence[Sequence[Sequence[tuple["TemplateBank", int]]]]
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Leave any autocast region of ``device`` (there is none to leave for meta tensors)."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype weights are mixed in: at least fp32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Columns ``[c0, c1)`` of grid row ``r`` from one bank: rows ``first .. first + c1 - c0`` of its gather."""
+
+    bank: int
+    r: int
+    c0: int
+    c1: int
+    first: int
+    add: bool  # a second (third...) term of its blocks: added to what earlier segments wrote
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """One generated weight: ``shape``, seen as ``[rows, out, cols, width]``, and the segments that write it (its
+    scale is applied to its gathered coefficient rows)."""
+
+    shape: tuple[int, ...]
+    rows: int
+    out: int
+    cols: int
+    width: int
+    zero: bool  # some block has no term: start from zeros
+    segments: tuple[_Segment, ...]
+
+
+def _layer_key(blocks: Blocks, scale: float, position: dict[int, int]) -> tuple[Any, ...]:
+    """A hashable description of a layer in terms of bank positions (layers with equal keys share a weight)."""
+    rows = tuple(tuple(tuple((position[id(b)], int(i)) for b, i in terms) for terms in row) for row in blocks)
+    return (rows, float(scale))
+
+
+class _Layout:
+    """What one :class:`_Generate` call computes: the rows it gathers from each bank and the weights it writes.
+
+    ``banks`` are positions in the owner's bank list; ``layers`` are the layers' keys (see :func:`_layer_key`).
+    """
+
+    def __init__(self, banks: Sequence[int], shapes: Sequence[tuple[int, ...]], layers: Sequence[tuple[Any, ...]]):
+        local = {b: j for j, b in enumerate(banks)}
+        self.banks = tuple(banks)
+        rows: list[list[int]] = [[] for _ in banks]
+        scales: list[list[float]] = [[] for _ in banks]
+        geometries = []
+        for blocks, scale in layers:
+            geometries.append(self._geometry(blocks, local, shapes, rows))
+            for j, r in enumerate(rows):
+                scales[j] += [scale] * (len(r) - len(scales[j]))
+        self.rows = tuple(tuple(r) for r in rows)
+        self.scales = tuple(tuple(s) for s in scales) if any(x != 1.0 for s in scales for x in s) else None
+        self.layers = tuple(geometries)
+        self._gather: dict[torch.device, _Gather] = {}
+
+    @staticmethod
+    def _geometry(
+        blocks: tuple[Any, ...],
+        local: dict[int, int],
+        shapes: Sequence[tuple[int, ...]],
+        rows: list[list[int]],
+    ) -> _Geometry:
+        r_count, c_count = len(blocks), len(blocks[0])
+        used = [b for row in blocks for terms in row for b, _ in terms]
+        if not used:
+            raise ValueError("a generated weight needs at least one term")
+        block = shapes[used[0]]
+        out, width = block[0], 1
+        for size in block[1:]:
+            width *= size
+        segments = []
+        depth = max(len(terms) for row in blocks for terms in row)
+        for t in range(depth):
+            for r, row in enumerate(blocks):
+                c = 0
+                while c < c_count:
+                    if len(row[c]) <= t:
+                        c += 1
+                        continue
+                    bank = local[row[c][t][0]]
+                    end = c + 1
+                    while end < c_count and len(row[end]) > t and local[row[end][t][0]] == bank:
+                        end += 1
+                    first = len(rows[bank])
+                    rows[bank].extend(row[k][t][1] for k in range(c, end))
+                    segments.append(_Segment(bank, r, c, end, first, add=t > 0))
+                    c = end
+        shape = (r_count * out, *((c_count * block[1], *block[2:]) if len(block) > 1 else ()))
+        if len(block) == 1 and c_count != 1:
+            raise ValueError(f"a grid of 1-D blocks cannot have {c_count} columns")
+        zero = any(len(terms) == 0 for row in blocks for terms in row)
+        return _Geometry(shape, r_count, out, c_count, width, zero, tuple(segments))
+
+    def gather(self, device: torch.device) -> _Gather:
+        """The rows to gather from each bank (and their layers' scales) as tensors on ``device``, made once."""
+        found = self._gather.get(device)
+        if found is None:
+            index = tuple(torch.tensor(r, dtype=torch.long, device=device) for r in self.rows)
+            scale = None if self.scales is None else tuple(torch.tensor(s, device=device) for s in self.scales)
+            found = self._gather[device] = _Gather(index, scale)
+        return found
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_gather": {}}
+
+
+@dataclass(frozen=True)
+class _Gather:
+    index: tuple[Tensor, ...]  # per bank: the coefficient rows its layers read, back to back
+    scale: tuple[Tensor, ...] | None  # per bank: each row's layer scale (None when all are 1)
+
+
+class _Generate(torch.autograd.Function):
+    """All weights of a :class:`_Layout` from ``(coefficients, templates)`` of each of its banks, in one node."""
+
+    @staticmethod
+    def forward(ctx: Any, layout: _Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, ...]:
+        templates = params[1::2]
+        device, result_dtype = templates[0].device, templates[0].dtype
+        dtype = compute_dtype(result_dtype)
+        with full_precision(device):
+            picked = [_as(a.index_select(0, i), dtype) for a, i in zip(params[0::2], gather.index, strict=True)]
+            if gather.scale is not None:  # layers with a scale: their rows are scaled once, here
+                picked = [p * s[:, None] for p, s in zip(picked, gather.scale, strict=True)]
+            mats = [_as(t, dtype).reshape(t.shape[0], t.shape[1], -1).transpose(0, 1) for t in templates]  # [out, K, w]
+            lefts = [p.expand(m.shape[0], *p.shape) for p, m in zip(picked, mats, strict=True)]  # [out, rows, K]
+            outputs = []
+            for g in layout.layers:
+                weight = (torch.zeros if g.zero else torch.empty)(
+                    (g.rows, g.out, g.cols, g.width), dtype=dtype, device=device
+                )
+                slabs = weight.unbind(0)
+                for s in g.segments:
+                    lhs = lefts[s.bank][:, s.first : s.first + s.c1 - s.c0]
+                    if s.c1 - s.c0 == g.cols:  # the whole grid row: written in place
+                        if s.add:
+                            slabs[s.r].baddbmm_(lhs, mats[s.bank])
+                        else:
+                            torch.bmm(lhs, mats[s.bank], out=slabs[s.r])
+                    else:  # a grid row shared by several banks (a head): a strided write
+                        target = slabs[s.r][:, s.c0 : s.c1]
+                        piece = torch.bmm(lhs, mats[s.bank])
+                        target.add_(piece) if s.add else target.copy_(piece)
+                outputs.append(_as(weight.view(g.shape), result_dtype))
+        ctx.layout, ctx.gather, ctx.lefts, ctx.mats = layout, gather, lefts, mats
+        ctx.save_for_backward(*params)
+        return tuple(outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        layout, gather, mats = ctx.layout, ctx.gather, ctx.mats
+        params = ctx.saved_tensors
+        need_a, need_t = ctx.needs_input_grad[2::2], ctx.needs_input_grad[3::2]
+        dtype = mats[0].dtype
+        lefts = [left.transpose(1, 2) for left in ctx.lefts]  # [out, K, rows]
+        rights = [m.transpose(1, 2) for m in mats]  # [out, width, K]
+        sums: list[Tensor | None] = [None] * len(mats)  # per bank: dT as [out, K, width]
+        partials: list[dict[int, Tensor]] = [{} for _ in mats]  # per bank: first row -> dP of a segment
+        with full_precision(params[1].device):
+            for g, grad in zip(layout.layers, grads, strict=True):
+                if grad is None:
+                    continue
+                slabs = _as(grad, dtype).reshape(g.rows, g.out, g.cols, g.width).unbind(0)
+                for s in g.segments:
+                    n = s.c1 - s.c0
+                    part = slabs[s.r] if n == g.cols else slabs[s.r][:, s.c0 : s.c1]
+                    if need_t[s.bank]:
+                        lhs = lefts[s.bank][:, :, s.first : s.first + n]
+                        acc = sums[s.bank]
+                        sums[s.bank] = torch.bmm(lhs, part) if acc is None else acc.baddbmm_(lhs, part)
+                    if need_a[s.bank]:
+                        partials[s.bank][s.first] = torch.bmm(part, rights[s.bank]).sum(0)
+            result: list[Tensor | None] = [None, None]
+            for j, index in enumerate(gather.index):
+                a, t = params[2 * j], params[2 * j + 1]
+                d_a = None
+                if need_a[j]:
+                    d_picked = _rows_in_order(partials[j], len(index), a.shape[1], dtype, a.device)
+                    if gather.scale is not None:
+                        d_picked = d_picked * gather.scale[j][:, None]
+                    d_a = torch.zeros(a.shape, dtype=dtype, device=a.device).index_add_(0, index, d_picked)
+                acc = sums[j]
+                d_t = None if acc is None else acc.transpose(0, 1).reshape(t.shape)
+                result += [None if d_a is None else _as(d_a, a.dtype), None if d_t is None else _as(d_t, t.dtype)]
+        return tuple(result)
+
+
+def _rows_in_order(parts: dict[int, Tensor], total: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The segments' row gradients back to back (zeros for rows of layers that got no gradient)."""
+    pieces, row = [], 0
+    for first in sorted(parts):
+        if first > row:
+            pieces.append(torch.zeros(first - row, k, dtype=dtype, device=device))
+        pieces.append(parts[first])
+        row = first + len(parts[first])
+    if row < total:
+        pieces.append(torch.zeros(total - row, k, dtype=dtype, device=device))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+#: generated weights and what they were generated from: (parameters, versions and epochs, mode, weights)
+_Saved = tuple[tuple[Tensor, ...], tuple[int, ...], Any, tuple[Tensor, ...]]
+
+
+def _cacheable(banks: Sequence[TemplateBank]) -> bool:
+    if torch.compiler.is_compiling() or any(b.training for b in banks):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not any(b.templates.requires_grad or b.coefficients.requires_grad for b in banks)
+
+
+class _Group:
+    """Banks and the layers that read them, generated together (see the module docstring)."""
+
+    def __init__(self, banks: Sequence[TemplateBank], layers: Sequence[tuple[Blocks, float]]) -> None:
+        self.banks = list(banks)
+        position = {id(b): j for j, b in enumerate(self.banks)}
+        self.shapes = [b.weight_shape for b in self.banks]
+        self.keys: list[tuple[Any, ...]] = []
+        for blocks, scale in layers:
+            key = _layer_key(blocks, scale, position)
+            if key not in self.keys:
+                self.keys.append(key)
+        self.layout = _Layout(range(len(self.banks)), self.shapes, self.keys)
+        self._solo: dict[int, _Layout] = {}
+        self._in_step = False
+        self._step: _Saved | None = None  # this step's weights (between the graph's step markers)
+        self._cache: _Saved | None = None  # the eval cache
+
+    def slot(self, blocks: Blocks, scale: float) -> int:
+        position = {id(b): j for j, b in enumerate(self.banks)}
+        return self.keys.index(_layer_key(blocks, scale, position))
+
+    def _state(self) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
+        """What the weights depend on: the parameters (by identity), their versions and the banks' cache epochs."""
+        tensors = tuple(p for b in self.banks for p in (b.templates, b.coefficients))
+        return tensors, (*(p._version for p in tensors), *(b._epoch for b in self.banks))
+
+    @staticmethod
+    def _fresh(saved: _Saved | None, state: tuple[tuple[Tensor, ...], tuple[int, ...]], mode: Any) -> bool:
+        return (
+            saved is not None
+            and saved[2] == mode
+            and saved[1] == state[1]
+            and all(a is b for a, b in zip(saved[0], state[0], strict=True))
+        )
+
+    def generate(self, layout: _Layout) -> tuple[Tensor, ...]:
+        params = [p for j in layout.banks for p in (self.banks[j].coefficients, self.banks[j].templates)]
+        return _Generate.apply(layout, layout.gather(params[1].device), *params)
+
+    def solo(self, slot: int) -> _Layout:
+        """The layout of one layer alone (only the banks it reads)."""
+        layout = self._solo.get(slot)
+        if layout is None:
+            blocks, scale = self.keys[slot]
+            used = sorted({b for row in blocks for terms in row for b, _ in terms})
+            layout = _Layout(used, self.shapes, [(blocks, scale)])
+            self._solo[slot] = layout
+        return layout
+
+    def weight(self, slot: int) -> Tensor:
+        """Layer ``slot``'s weight: from the eval cache, this step's shared generation, or generated alone."""
+        if torch.compiler.is_compiling():
+            return self.generate(self.solo(slot))[0]
+        if _cacheable(self.banks):
+            state = self._state()
+            if not self._fresh(self._cache, state, "eval"):
+                with torch.no_grad():
+                    self._cache = (*state, "eval", self.generate(self.layout))
+            return self._cache[3][slot]
+        if self._in_step:
+            state = self._state()
+            if not self._fresh(self._step, state, torch.is_grad_enabled()):
+                self._step = (*state, torch.is_grad_enabled(), self.generate(self.layout))
+            return self._step[3][slot]
+        return self.generate(self.solo(slot))[0]
+
+    def clear(self) -> None:
+        self._step, self._cache = None, None
+
+    def begin_step(self) -> None:
+        self._in_step, self._step = True, None
+
+    def end_step(self) -> None:
+        self._in_step, self._step = False, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_in_step": False, "_step": None, "_cache": None}
+
+
+def register(layers: Sequence[Any]) -> list[_Group]:
+    """Group ``layers`` (generated layers of one graph) by the banks they read: connected banks form one group.
+
+    Each layer is told its group and slot; the groups are returned (for the graph's step markers).
+    """
+    parent: dict[int, int] = {}
+    banks: dict[int, TemplateBank] = {}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for layer in layers:
+        ids = []
+        for bank in layer.banks:
+            banks.setdefault(id(bank), bank)
+            parent.setdefault(id(bank), id(bank))
+            ids.append(find(id(bank)))
+        for other in ids[1:]:
+            parent[find(other)] = find(ids[0])
+    members: dict[int, list[Any]] = {}
+    for layer in layers:
+        members.setdefault(find(id(layer.banks[0])), []).append(layer)
+    groups = []
+    for root, group_layers in members.items():
+        group_banks = [b for key, b in banks.items() if find(key) == root]
+        group = _Group(group_banks, [(layer.blocks, layer.scale) for layer in group_layers])
+        for layer in group_layers:
+            layer._set_slot(group, group.slot(layer.blocks, layer.scale))
+        groups.append(group)
+    return groups
