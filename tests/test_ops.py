@@ -402,3 +402,24 @@ def test_templates_are_stored_out_major_and_their_gradient_needs_no_copy() -> No
     fresh = make_bank(layers=2, shape=(4, 3, 3, 3)).double()
     fresh.load_state_dict(state)
     assert fresh.templates.transpose(0, 1).is_contiguous() and torch.equal(fresh.templates, bank.templates)
+
+
+def test_pickled_grown_models_keep_their_groups_on_their_own_banks(grown) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).eval()
+    with torch.no_grad():
+        expected = gm(x)  # fills the eval caches: they are not pickled
+    buffer = io.BytesIO()
+    torch.save(gm, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    banks = {id(b) for b in loaded.growc_banks.children()}
+    for layer in loaded.modules():
+        if isinstance(layer, growc.ops.GENERATED_TYPES):
+            group = _group(layer)
+            assert group._cache is None and {id(b) for b in group.banks} <= banks
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+    loaded.train()
+    loaded(x).sum().backward()
+    assert all(p.grad is not None for p in loaded.parameters() if p.requires_grad)
