@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.autograd import forward_ad
 
 if TYPE_CHECKING:
     from .ops import TemplateBank
@@ -95,18 +95,19 @@ def _layer_key(blocks: Blocks, scale: float, position: dict[int, int]) -> tuple[
 
 
 class _Layout:
-    """What one :class:`_Generate` call computes: the rows it gathers from each bank and the weights it writes.
+    """What one generation computes: the rows it gathers from each bank and the weights it writes.
 
-    ``banks`` are positions in the owner's bank list; ``layers`` are the layers' keys (see :func:`_layer_key`).
+    ``banks`` are positions in the owner's bank list, ``shapes`` the weight shapes of the owner's banks, ``keys``
+    the layers' keys (see :func:`_layer_key`); ``layers`` holds their geometries.
     """
 
-    def __init__(self, banks: Sequence[int], shapes: Sequence[tuple[int, ...]], layers: Sequence[tuple[Any, ...]]):
+    def __init__(self, banks: Sequence[int], shapes: Sequence[tuple[int, ...]], keys: Sequence[tuple[Any, ...]]):
         local = {b: j for j, b in enumerate(banks)}
         self.banks = tuple(banks)
         rows: list[list[int]] = [[] for _ in banks]
         scales: list[list[float]] = [[] for _ in banks]
         geometries = []
-        for blocks, scale in layers:
+        for blocks, scale in keys:
             geometries.append(self._geometry(blocks, local, shapes, rows))
             for j, r in enumerate(rows):
                 scales[j] += [scale] * (len(r) - len(scales[j]))
@@ -127,6 +128,11 @@ class _Layout:
         if not used:
             raise ValueError("a generated weight needs at least one term")
         block = shapes[used[0]]
+        if any(shapes[b] != block for b in used):
+            found = sorted({shapes[b] for b in used})
+            raise ValueError(f"the blocks of one weight must read banks of one weight shape, got {found}")
+        if len(block) == 1 and c_count != 1:
+            raise ValueError(f"a grid of 1-D blocks cannot have {c_count} columns")
         out, width = block[0], 1
         for size in block[1:]:
             width *= size
@@ -148,19 +154,25 @@ class _Layout:
                     segments.append(_Segment(bank, r, c, end, first, add=t > 0))
                     c = end
         shape = (r_count * out, *((c_count * block[1], *block[2:]) if len(block) > 1 else ()))
-        if len(block) == 1 and c_count != 1:
-            raise ValueError(f"a grid of 1-D blocks cannot have {c_count} columns")
         zero = any(len(terms) == 0 for row in blocks for terms in row)
         return _Geometry(shape, r_count, out, c_count, width, zero, tuple(segments))
 
     def gather(self, device: torch.device) -> _Gather:
-        """The rows to gather from each bank (and their layers' scales) as tensors on ``device``, made once."""
+        """The rows to gather from each bank (and their layers' scales) as tensors on ``device``: made once per
+        device, or afresh (constants of the traced graph) under ``torch.compile``, which must not see them cached."""
+        if torch.compiler.is_compiling():
+            return self._make_gather(device)
         found = self._gather.get(device)
         if found is None:
-            index = tuple(torch.tensor(r, dtype=torch.long, device=device) for r in self.rows)
-            scale = None if self.scales is None else tuple(torch.tensor(s, device=device) for s in self.scales)
-            found = self._gather[device] = _Gather(index, scale)
+            found = self._gather[device] = self._make_gather(device)
         return found
+
+    def _make_gather(self, device: torch.device) -> _Gather:
+        index = tuple(torch.tensor(r, dtype=torch.long, device=device) for r in self.rows)
+        scale = None
+        if self.scales is not None:
+            scale = tuple(torch.tensor(s, dtype=torch.float64, device=device) for s in self.scales)
+        return _Gather(index, scale)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_gather": {}}
@@ -169,7 +181,16 @@ class _Layout:
 @dataclass(frozen=True)
 class _Gather:
     index: tuple[Tensor, ...]  # per bank: the coefficient rows its layers read, back to back
-    scale: tuple[Tensor, ...] | None  # per bank: each row's layer scale (None when all are 1)
+    scale: tuple[Tensor, ...] | None  # per bank: each row's layer scale, float64 (None when all are 1)
+
+
+def _operands(gather: _Gather, params: Sequence[Tensor], dtype: torch.dtype) -> tuple[list[Tensor], list[Tensor]]:
+    """Per bank: the gathered (and scaled) coefficient rows ``[rows, K]`` and the templates as ``[out, K, width]``."""
+    picked = [_as(a.index_select(0, i), dtype) for a, i in zip(params[0::2], gather.index, strict=True)]
+    if gather.scale is not None:  # layers with a scale: their rows are scaled once, here
+        picked = [p * s.to(dtype)[:, None] for p, s in zip(picked, gather.scale, strict=True)]
+    mats = [_as(t, dtype).reshape(t.shape[0], t.shape[1], -1).transpose(0, 1) for t in params[1::2]]
+    return picked, mats
 
 
 class _Generate(torch.autograd.Function):
@@ -177,14 +198,10 @@ class _Generate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, layout: _Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, ...]:
-        templates = params[1::2]
-        device, result_dtype = templates[0].device, templates[0].dtype
+        device, result_dtype = params[1].device, params[1].dtype
         dtype = compute_dtype(result_dtype)
         with full_precision(device):
-            picked = [_as(a.index_select(0, i), dtype) for a, i in zip(params[0::2], gather.index, strict=True)]
-            if gather.scale is not None:  # layers with a scale: their rows are scaled once, here
-                picked = [p * s[:, None] for p, s in zip(picked, gather.scale, strict=True)]
-            mats = [_as(t, dtype).reshape(t.shape[0], t.shape[1], -1).transpose(0, 1) for t in templates]  # [out, K, w]
+            picked, mats = _operands(gather, params, dtype)
             lefts = [p.expand(m.shape[0], *p.shape) for p, m in zip(picked, mats, strict=True)]  # [out, rows, K]
             outputs = []
             for g in layout.layers:
@@ -204,22 +221,25 @@ class _Generate(torch.autograd.Function):
                         piece = torch.bmm(lhs, mats[s.bank])
                         target.add_(piece) if s.add else target.copy_(piece)
                 outputs.append(_as(weight.view(g.shape), result_dtype))
-        ctx.layout, ctx.gather, ctx.lefts, ctx.mats = layout, gather, lefts, mats
+        ctx.layout, ctx.gather = layout, gather
         ctx.save_for_backward(*params)
+        ctx.set_materialize_grads(False)  # an unused layer's gradient stays None: its banks get none from it
         return tuple(outputs)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        layout, gather, mats = ctx.layout, ctx.gather, ctx.mats
+        layout, gather = ctx.layout, ctx.gather
         params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain definition instead
+            return (None, None, *_plain_backward(layout, gather, params, grads, ctx.needs_input_grad[2:]))
         need_a, need_t = ctx.needs_input_grad[2::2], ctx.needs_input_grad[3::2]
-        dtype = mats[0].dtype
-        lefts = [left.transpose(1, 2) for left in ctx.lefts]  # [out, K, rows]
-        rights = [m.transpose(1, 2) for m in mats]  # [out, width, K]
-        sums: list[Tensor | None] = [None] * len(mats)  # per bank: dT as [out, K, width]
-        partials: list[dict[int, Tensor]] = [{} for _ in mats]  # per bank: first row -> dP of a segment
+        dtype = compute_dtype(params[1].dtype)
+        sums: list[Tensor | None] = [None] * len(gather.index)  # per bank: dT as [out, K, width]
+        partials: list[dict[int, Tensor]] = [{} for _ in gather.index]  # per bank: first row -> dP of a segment
         with full_precision(params[1].device):
+            picked, mats = _operands(gather, params, dtype)
+            lefts = [p.T.expand(m.shape[0], *p.T.shape) for p, m in zip(picked, mats, strict=True)]  # [out, K, rows]
+            rights = [m.transpose(1, 2) for m in mats]  # [out, width, K]
             for g, grad in zip(layout.layers, grads, strict=True):
                 if grad is None:
                     continue
@@ -237,14 +257,15 @@ class _Generate(torch.autograd.Function):
             for j, index in enumerate(gather.index):
                 a, t = params[2 * j], params[2 * j + 1]
                 d_a = None
-                if need_a[j]:
+                if partials[j]:
                     d_picked = _rows_in_order(partials[j], len(index), a.shape[1], dtype, a.device)
                     if gather.scale is not None:
-                        d_picked = d_picked * gather.scale[j][:, None]
-                    d_a = torch.zeros(a.shape, dtype=dtype, device=a.device).index_add_(0, index, d_picked)
+                        d_picked = d_picked * gather.scale[j].to(dtype)[:, None]
+                    d_a = _as(
+                        torch.zeros(a.shape, dtype=dtype, device=a.device).index_add_(0, index, d_picked), a.dtype
+                    )
                 acc = sums[j]
-                d_t = None if acc is None else acc.transpose(0, 1).reshape(t.shape)
-                result += [None if d_a is None else _as(d_a, a.dtype), None if d_t is None else _as(d_t, t.dtype)]
+                result += [d_a, None if acc is None else _as(acc.transpose(0, 1).reshape(t.shape), t.dtype)]
         return tuple(result)
 
 
@@ -261,12 +282,54 @@ def _rows_in_order(parts: dict[int, Tensor], total: int, k: int, dtype: torch.dt
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
+def _plain(layout: _Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, ...]:
+    """The same weights with ordinary differentiable ops (the same ``bmm`` per segment, so the same values): the
+    path for forward-mode AD, ``torch.func`` transforms and double backward, which :class:`_Generate` lacks."""
+    device, result_dtype = params[1].device, params[1].dtype
+    dtype = compute_dtype(result_dtype)
+    outputs = []
+    with full_precision(device):
+        picked, mats = _operands(gather, params, dtype)
+        for g in layout.layers:
+            rows = [torch.zeros((g.out, g.cols, g.width), dtype=dtype, device=device) for _ in range(g.rows)]
+            for s in g.segments:
+                n = s.c1 - s.c0
+                p = picked[s.bank][s.first : s.first + n]
+                piece = torch.bmm(p.expand(g.out, n, p.shape[1]), mats[s.bank])
+                columns = torch.arange(s.c0, s.c1, device=device)
+                rows[s.r] = rows[s.r].index_add(1, columns, piece)
+            outputs.append(_as(torch.stack(rows).view(g.shape), result_dtype))
+    return tuple(outputs)
+
+
+def _plain_backward(
+    layout: _Layout, gather: _Gather, params: Sequence[Tensor], grads: Sequence[Tensor | None], needs: Sequence[bool]
+) -> list[Tensor | None]:
+    with torch.enable_grad():
+        outputs = _plain(layout, gather, *params)
+    pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+    wanted = [p for p, need in zip(params, needs, strict=True) if need]
+    if not pairs or not wanted:
+        return [None] * len(params)
+    found = iter(
+        torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True, allow_unused=True)
+    )
+    return [next(found) if need else None for need in needs]
+
+
+def _plain_needed(params: Sequence[Tensor]) -> bool:
+    """Forward-mode AD or a ``torch.func`` transform is active: :class:`_Generate` supports neither."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return any(forward_ad.unpack_dual(p).tangent is not None for p in params)
+
+
 #: generated weights and what they were generated from: (parameters, versions and epochs, mode, weights)
 _Saved = tuple[tuple[Tensor, ...], tuple[int, ...], Any, tuple[Tensor, ...]]
 
 
 def _cacheable(banks: Sequence[TemplateBank]) -> bool:
-    if torch.compiler.is_compiling() or any(b.training for b in banks):
+    if any(b.training for b in banks):
         return False
     if not torch.is_grad_enabled():
         return True
@@ -286,10 +349,16 @@ class _Group:
             if key not in self.keys:
                 self.keys.append(key)
         self.layout = _Layout(range(len(self.banks)), self.shapes, self.keys)
-        self._solo: dict[int, _Layout] = {}
+        self.solo = [self._solo(key) for key in self.keys]  # each layer alone: only the banks it reads
         self._in_step = False
         self._step: _Saved | None = None  # this step's weights (between the graph's step markers)
         self._cache: _Saved | None = None  # the eval cache
+
+    def _solo(self, key: tuple[Any, ...]) -> _Layout:
+        if len(self.keys) == 1:
+            return self.layout
+        used = sorted({b for row in key[0] for terms in row for b, _ in terms})
+        return _Layout(used, self.shapes, [key])
 
     def slot(self, blocks: Blocks, scale: float) -> int:
         position = {id(b): j for j, b in enumerate(self.banks)}
@@ -311,34 +380,27 @@ class _Group:
 
     def generate(self, layout: _Layout) -> tuple[Tensor, ...]:
         params = [p for j in layout.banks for p in (self.banks[j].coefficients, self.banks[j].templates)]
-        return _Generate.apply(layout, layout.gather(params[1].device), *params)
-
-    def solo(self, slot: int) -> _Layout:
-        """The layout of one layer alone (only the banks it reads)."""
-        layout = self._solo.get(slot)
-        if layout is None:
-            blocks, scale = self.keys[slot]
-            used = sorted({b for row in blocks for terms in row for b, _ in terms})
-            layout = _Layout(used, self.shapes, [(blocks, scale)])
-            self._solo[slot] = layout
-        return layout
+        gather = layout.gather(params[1].device)
+        if _plain_needed(params):
+            return _plain(layout, gather, *params)
+        return _Generate.apply(layout, gather, *params)
 
     def weight(self, slot: int) -> Tensor:
         """Layer ``slot``'s weight: from the eval cache, this step's shared generation, or generated alone."""
         if torch.compiler.is_compiling():
-            return self.generate(self.solo(slot))[0]
+            return self.generate(self.solo[slot])[0]
         if _cacheable(self.banks):
-            state = self._state()
-            if not self._fresh(self._cache, state, "eval"):
+            state, mode = self._state(), ("eval", torch.is_inference_mode_enabled())
+            if not self._fresh(self._cache, state, mode):
                 with torch.no_grad():
-                    self._cache = (*state, "eval", self.generate(self.layout))
+                    self._cache = (*state, mode, self.generate(self.layout))
             return self._cache[3][slot]
         if self._in_step:
             state = self._state()
             if not self._fresh(self._step, state, torch.is_grad_enabled()):
                 self._step = (*state, torch.is_grad_enabled(), self.generate(self.layout))
             return self._step[3][slot]
-        return self.generate(self.solo(slot))[0]
+        return self.generate(self.solo[slot])[0]
 
     def clear(self) -> None:
         self._step, self._cache = None, None

@@ -68,8 +68,9 @@ def _out_major(templates: Tensor) -> Tensor:
 class TemplateBank(nn.Module):
     """K templates shared by L layers of one kind, weight shape and ``groups``; one coefficient row per layer.
 
-    The templates are stored output-channel major (see :func:`_out_major`): ``bank.templates`` has the shape
-    ``[K, *weight_shape]`` and is not contiguous (state dicts saved by growc are).
+    The templates have a memory format of their own, like ``channels_last`` conv weights: ``bank.templates`` has the
+    shape ``[K, *weight_shape]`` and the memory order of ``[out, K, ...]`` (see :func:`_out_major`), so it is not
+    contiguous and, as on a ``channels_last`` weight, ``.view(-1)`` on it fails (use ``.reshape``/``.contiguous()``).
     """
 
     def __init__(self, templates: Tensor, coefficients: Tensor, *, kind: str, groups: int = 1) -> None:
@@ -174,11 +175,18 @@ class _Generated(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        found = self.__dict__.get("_growc_slot")
-        if found is None:
-            register([self])
-            found = self.__dict__["_growc_slot"]
-        return found[0].weight(found[1])
+        try:
+            found = self.__dict__.get("_growc_slot")
+            if found is None:
+                register([self])
+                found = self.__dict__["_growc_slot"]
+            return found[0].weight(found[1])
+        except AttributeError as error:  # nn.Module would report it as "no attribute 'weight'"
+            raise RuntimeError(f"generating the weight of a {type(self).__name__} failed: {error}") from error
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _Generated:  # .to(), .cuda(), .half() ...
+        self.clear_cache()  # the cached weights are on the old device or dtype: free them now
+        return super()._apply(fn, recurse)
 
     @property
     def trainable(self) -> bool:
@@ -382,6 +390,9 @@ class _Grid(_Generated):
     def set_blocks(self, blocks: list[list[list[Term]]]) -> None:
         if not blocks or not blocks[0] or any(len(row) != len(blocks[0]) for row in blocks):
             raise ValueError("a grid needs one or more rows of the same, non-zero number of blocks")
+        shapes = sorted({bank.weight_shape for row in blocks for terms in row for bank, _ in terms})
+        if len(shapes) != 1:
+            raise ValueError(f"the blocks of one weight must read banks of one weight shape, got {shapes}")
         object.__setattr__(self, "_blocks", [[list(terms) for terms in row] for row in blocks])
         self._set_slot(None)
 

@@ -1,4 +1,4 @@
-"""Template banks and mixed layers: one contraction, eval cache, autocast, roles and optimizer groups."""
+"""Template banks, mixed and grid layers: generation, eval cache, autocast, compile, autograd modes, roles, groups."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_bad_coefficient_shape_is_refused() -> None:
         TemplateBank(torch.randn(2, 4), torch.randn(3, 3), kind="linear")
 
 
-# ------------------------------------------------------------------- grown layers: one contraction per bank per step
+# --------------------------------------------------------- grown layers: one generation per bank group per step
 
 
 @pytest.fixture(scope="module")
@@ -270,15 +270,25 @@ def test_torch_compile_sees_no_graph_break_and_matches_eager(grown) -> None:
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(gm)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled = torch.compile(gm, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), gm(x), rtol=1e-5, atol=1e-5)
+        compiled(x)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # the second call reuses the first graph
     gm.train()
+    twin = copy.deepcopy(gm)
     torch.manual_seed(0)
     eager = gm(x)
+    eager.square().sum().backward()
     torch.manual_seed(0)
-    out = torch.compile(gm, backend="aot_eager")(x)
+    out = torch.compile(twin, backend="aot_eager")(x)
+    out.square().sum().backward()
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    grads = dict(twin.named_parameters())
+    for name, p in gm.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_channels_last_inputs_and_modules_give_the_same_outputs(grown) -> None:
@@ -390,20 +400,6 @@ def test_grids_of_any_terms_generate_the_definition_and_its_gradients(rows, cols
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_templates_are_stored_out_major_and_their_gradient_needs_no_copy() -> None:
-    bank = make_bank(layers=2, shape=(4, 3, 3, 3))
-    assert bank.templates.shape == (2, 4, 3, 3, 3) and bank.templates.transpose(0, 1).is_contiguous()
-    layer = _layers(bank)[0]
-    layer(torch.randn(1, 3, 5, 5)).sum().backward()
-    assert bank.templates.grad.stride() == bank.templates.stride()  # handed over as computed, not re-laid out
-    for moved in (copy.deepcopy(bank), bank.double(), bank.to(memory_format=torch.channels_last)):
-        assert moved.templates.transpose(0, 1).is_contiguous()
-    state = {k: v.contiguous() for k, v in bank.state_dict().items()}
-    fresh = make_bank(layers=2, shape=(4, 3, 3, 3)).double()
-    fresh.load_state_dict(state)
-    assert fresh.templates.transpose(0, 1).is_contiguous() and torch.equal(fresh.templates, bank.templates)
-
-
 def test_pickled_grown_models_keep_their_groups_on_their_own_banks(grown) -> None:
     gm, x = grown
     gm = copy.deepcopy(gm).eval()
@@ -423,3 +419,128 @@ def test_pickled_grown_models_keep_their_groups_on_their_own_banks(grown) -> Non
     loaded.train()
     loaded(x).sum().backward()
     assert all(p.grad is not None for p in loaded.parameters() if p.requires_grad)
+
+
+def test_templates_are_stored_out_major_and_their_gradient_needs_no_copy(tmp_path) -> None:
+    bank = make_bank(layers=2, shape=(4, 3, 3, 3))
+    assert bank.templates.shape == (2, 4, 3, 3, 3) and bank.templates.transpose(0, 1).is_contiguous()
+    layer = _layers(bank)[0]
+    layer(torch.randn(1, 3, 5, 5)).sum().backward()
+    assert bank.templates.grad.stride() == bank.templates.stride()  # handed over as computed, not re-laid out
+    for moved in (copy.deepcopy(bank), bank.double(), bank.to(memory_format=torch.channels_last)):
+        assert moved.templates.transpose(0, 1).is_contiguous()
+    fresh = make_bank(layers=2, shape=(4, 3, 3, 3)).double()
+    fresh.load_state_dict(bank.state_dict())
+    assert fresh.templates.transpose(0, 1).is_contiguous() and torch.equal(fresh.templates, bank.templates)
+    growc.io.save_state_dict(bank, tmp_path / "bank.safetensors")  # growc saves them contiguous
+    assert torch.equal(growc.io.load_state_dict(tmp_path / "bank.safetensors")["templates"], bank.templates)
+
+
+def _two_bank_layers() -> tuple[TemplateBank, TemplateBank, nn.Module, nn.Module]:
+    g = torch.Generator().manual_seed(0)
+    a, b = (
+        TemplateBank(torch.randn(2, 3, 4, generator=g), torch.randn(2, 2, generator=g), kind="linear") for _ in "ab"
+    )
+    grid = growc.ops.GridLinear([[[(a, 0)], [(b, 0)]]], None, in_features=8, out_features=3)
+    alone = MixedLinear(b, 1, nn.Linear(4, 3))
+    return a, b, grid, alone
+
+
+def test_a_layer_without_gradient_gives_its_banks_none() -> None:
+    a, b, grid, alone = _two_bank_layers()
+    (group,) = growc.generation.register([grid, alone])  # one group: the grid joins both banks
+    group.begin_step()
+    alone.weight.sum().backward()  # the grid's weight was generated with it but is not used
+    group.end_step()
+    assert a.templates.grad is None and a.coefficients.grad is None  # not zeros: an optimizer leaves a alone
+    assert b.templates.grad is not None and torch.count_nonzero(b.coefficients.grad[0]) == 0
+
+
+def test_inference_mode_weights_do_not_leak_into_autograd() -> None:
+    bank = make_bank().eval()
+    bank.requires_grad_(False)
+    layer = _layers(bank)[0].eval()
+    with torch.inference_mode():
+        layer(torch.randn(1, 3, 5, 5))
+    x = torch.randn(1, 3, 5, 5, requires_grad=True)
+    layer(x).sum().backward()  # an inference tensor from the cache could not be saved for backward
+    assert x.grad is not None
+
+
+class _Holder(nn.Module):
+    """A bank and one layer reading it, as a model (so ``functional_call`` can swap the bank's parameters)."""
+
+    def __init__(self, bank: TemplateBank, layer: nn.Module) -> None:
+        super().__init__()
+        self.bank, self.layer = bank, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def test_double_backward_forward_ad_and_torch_func_work() -> None:
+    bank = make_bank(layers=2, shape=(3, 4))
+    model = _Holder(bank, MixedLinear(bank, 1, nn.Linear(4, 3)))
+    x = torch.randn(5, 4)
+
+    def reference(templates: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        weight = torch.einsum("k,kab->ab", coefficients[1], templates)
+        return torch.nn.functional.linear(x, weight, model.layer.bias)
+
+    # double backward (a gradient penalty)
+    (g,) = torch.autograd.grad(model(x).square().sum(), bank.templates, create_graph=True)
+    g.square().sum().backward()
+    ours = bank.coefficients.grad.clone()
+    bank.zero_grad(set_to_none=True)
+    (g,) = torch.autograd.grad(
+        reference(bank.templates, bank.coefficients).square().sum(), bank.templates, create_graph=True
+    )
+    g.square().sum().backward()
+    torch.testing.assert_close(ours, bank.coefficients.grad, rtol=1e-5, atol=1e-5)
+    templates, coefficients = bank.templates.detach(), bank.coefficients.detach()
+    # forward-mode AD
+    tangent = torch.randn_like(templates)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(templates, tangent)
+        out = torch.func.functional_call(model, {"bank.templates": dual}, (x,), strict=False)
+        jvp = torch.autograd.forward_ad.unpack_dual(out).tangent
+    expected = torch.func.jvp(lambda t: reference(t, coefficients), (templates,), (tangent,))[1]
+    torch.testing.assert_close(jvp, expected, rtol=1e-5, atol=1e-5)
+    # torch.func.grad through functional_call
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    grads = torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,)).sum())(params)
+    expected = torch.func.grad(lambda t: reference(t, coefficients).sum())(templates)
+    torch.testing.assert_close(grads["bank.templates"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_scales_keep_the_parameters_precision() -> None:
+    g = torch.Generator().manual_seed(0)
+    bank = TemplateBank(torch.randn(2, 3, 4, generator=g), torch.randn(2, 2, generator=g), kind="linear").double()
+    grid = growc.ops.GridLinear([[[(bank, 0)], [(bank, 1)]]], None, in_features=8, out_features=3, scale=1 / 3)
+    torch.testing.assert_close(grid.weight, _reference_weight(grid), rtol=1e-12, atol=1e-12)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        single = growc.ops.GridLinear([[[(bank.float(), 0)]]], None, in_features=4, out_features=3, scale=0.5)
+        assert single.weight.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_moving_a_model_frees_its_cached_weights(grown) -> None:
+    gm, x = grown
+    gm = copy.deepcopy(gm).eval()
+    with torch.no_grad():
+        gm(x)
+    groups = gm.growc_banks.__dict__["_growc_groups"]
+    assert all(g._cache is not None for g in groups)
+    gm.double()
+    assert all(g._cache is None for g in groups)
+
+
+def test_blocks_of_one_weight_must_read_banks_of_one_shape() -> None:
+    g = torch.Generator().manual_seed(0)
+    small = TemplateBank(torch.randn(2, 3, 4, generator=g), torch.randn(1, 2, generator=g), kind="linear")
+    large = TemplateBank(torch.randn(2, 5, 4, generator=g), torch.randn(1, 2, generator=g), kind="linear")
+    with pytest.raises(ValueError, match=r"must read banks of one weight shape, got \[\(3, 4\), \(5, 4\)\]"):
+        growc.ops.GridLinear([[[(small, 0)]], [[(large, 0)]]], None, in_features=4, out_features=8)
