@@ -161,7 +161,7 @@ def run_family(name: str, family: dict[str, Any], device: torch.device, quick: b
     batch, size = family["batch"], family["size"]
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, family["classes"], (batch,), device=device)
-    repeats = (3 if quick else 7) if name == "resnet-50" else (5 if quick else 15)
+    repeats = (3 if quick else 11) if name == "resnet-50" else (5 if quick else 15)
     steps = {k: train_step(m, x, y) for k, m in models.items()}
     if compile_:
         steps["grown (compiled)"] = train_step(torch.compile(models["grown"]), x, y)
