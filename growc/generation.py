@@ -13,16 +13,18 @@ one ``bmm`` writing straight into the weight: no per-block work, no concatenatio
 
 :class:`_Generate` does this for a whole :class:`_Layout` (several layers over several banks) in one autograd
 node. Its backward reads each weight gradient slab where it lies: ``dT_b`` accumulates ``Pᵀ @ dW`` per slab into
-one ``[out, K, width]`` buffer per bank (returned as a permuted view: no copy) and ``dA_b[rows]`` is
-``sum_out(dW @ T_bᵀ)``. Everything is computed in at least fp32 with autocast off; the result is returned in the
-templates' dtype, so an autocast region casts the finished weight once.
+one ``[out, K, width]`` buffer per bank (handed back as a transposed view, which is the templates' own memory
+format, see ``growc.ops._out_major``: no copy) and ``dA_b[rows]`` is ``sum_out(dW @ T_bᵀ)``. Everything is
+computed in at least fp32 with autocast off; the result is returned in the templates' dtype, so an autocast region
+casts the finished weight once. Double backward, forward-mode AD and ``torch.func`` transforms run the same ``bmm``
+as ordinary differentiable ops (:func:`_plain`).
 
 A :class:`_Group` is a connected set of banks and the layers of one graph that read them (see
 :func:`register`). In a training step (between the graph's ``begin_step``/``end_step`` markers) the first layer
 that needs its weight generates the whole group's weights in one node and the others take theirs from it; in eval
 with gradients off the group caches its weights until a template or coefficient changes; elsewhere (and under
-``torch.compile``, which sees the plain ops) a layer generates just its own weight with the same kernels, so every
-path computes bit for bit the same weights.
+``torch.compile``, which traces the same function) a layer generates just its own weight with the same kernels, so
+every path computes bit for bit the same weights.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from networkx.utils import UnionFind
 from torch import Tensor
 from torch.autograd import forward_ad
 
@@ -420,29 +423,18 @@ def register(layers: Sequence[Any]) -> list[_Group]:
 
     Each layer is told its group and slot; the groups are returned (for the graph's step markers).
     """
-    parent: dict[int, int] = {}
+    sets = UnionFind()
     banks: dict[int, TemplateBank] = {}
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
     for layer in layers:
-        ids = []
-        for bank in layer.banks:
-            banks.setdefault(id(bank), bank)
-            parent.setdefault(id(bank), id(bank))
-            ids.append(find(id(bank)))
-        for other in ids[1:]:
-            parent[find(other)] = find(ids[0])
+        ids = [id(bank) for bank in layer.banks]
+        banks.update(zip(ids, layer.banks, strict=True))
+        sets.union(*ids)
     members: dict[int, list[Any]] = {}
     for layer in layers:
-        members.setdefault(find(id(layer.banks[0])), []).append(layer)
+        members.setdefault(sets[id(layer.banks[0])], []).append(layer)
     groups = []
     for root, group_layers in members.items():
-        group_banks = [b for key, b in banks.items() if find(key) == root]
+        group_banks = [b for key, b in banks.items() if sets[key] == root]
         group = _Group(group_banks, [(layer.blocks, layer.scale) for layer in group_layers])
         for layer in group_layers:
             layer._set_slot(group, group.slot(layer.blocks, layer.scale))

@@ -478,6 +478,7 @@ class _Holder(nn.Module):
         return self.layer(x)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # raised inside torch.func
 def test_double_backward_forward_ad_and_torch_func_work() -> None:
     bank = make_bank(layers=2, shape=(3, 4))
     model = _Holder(bank, MixedLinear(bank, 1, nn.Linear(4, 3)))
