@@ -127,13 +127,7 @@ class _Layout:
         rows: list[list[int]],
     ) -> _Geometry:
         r_count, c_count = len(blocks), len(blocks[0])
-        used = [b for row in blocks for terms in row for b, _ in terms]
-        if not used:
-            raise ValueError("a generated weight needs at least one term")
-        block = shapes[used[0]]
-        if any(shapes[b] != block for b in used):
-            found = sorted({shapes[b] for b in used})
-            raise ValueError(f"the blocks of one weight must read banks of one weight shape, got {found}")
+        block = next(shapes[b] for row in blocks for terms in row for b, _ in terms)  # one shape: see _Grid
         if len(block) == 1 and c_count != 1:
             raise ValueError(f"a grid of 1-D blocks cannot have {c_count} columns")
         out, width = block[0], 1

@@ -379,7 +379,7 @@ class _Grid(_Generated):
     def __init__(self, blocks: list[list[list[Term]]], bias: nn.Parameter | None, scale: float = 1.0) -> None:
         super().__init__()
         self.set_blocks(blocks)
-        self.scale = float(scale)
+        self.scale = scale
         self.bias = bias
 
     @property
@@ -396,10 +396,15 @@ class _Grid(_Generated):
         object.__setattr__(self, "_blocks", [[list(terms) for terms in row] for row in blocks])
         self._set_slot(None)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "scale":
-            self._set_slot(None)
+    @property
+    def scale(self) -> float:
+        """The factor the whole weight is multiplied by (a head averaging its parents, Net2Net widening)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = float(value)
+        self._set_slot(None)
 
     @property
     def banks(self) -> list[TemplateBank]:
