@@ -11,7 +11,7 @@ Public API:
 
 from .analysis import TensorInfo, max_abs_rel_error, propagate_shapes
 from .build import GrowResult, check_spec, compile_spec, grow, load
-from .errors import GrowcConfigError, GrowcError, GrowcPassError, GrowcTraceError
+from .errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcIOError, GrowcPassError, GrowcTraceError
 from .ops import (
     MixedConv1d,
     MixedConv2d,
@@ -33,7 +33,9 @@ __version__ = "0.1.0"
 __all__ = [
     "GrowResult",
     "GrowcConfigError",
+    "GrowcDataError",
     "GrowcError",
+    "GrowcIOError",
     "GrowcPassError",
     "GrowcSpecError",
     "GrowcTraceError",

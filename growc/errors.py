@@ -27,3 +27,19 @@ class GrowcPassError(GrowcError):
 
 class GrowcConfigError(GrowcError, ValueError):
     """A pass or CLI was given an option value it does not accept."""
+
+
+class GrowcIOError(GrowcError, OSError):
+    """Reading or writing a file failed (missing, unreadable, read-only, disk full, not what growc wrote).
+
+    Attributes:
+        path: the file or folder concerned.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class GrowcDataError(GrowcError, ValueError):
+    """A tensor holds values growc cannot work with (NaN or infinity), or a size beyond growc's bounds."""
