@@ -11,7 +11,15 @@ Public API:
 
 from .analysis import TensorInfo, max_abs_rel_error, propagate_shapes
 from .build import GrowResult, check_spec, compile_spec, grow, load
-from .errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcIOError, GrowcPassError, GrowcTraceError
+from .errors import (
+    GrowcConfigError,
+    GrowcDataError,
+    GrowcError,
+    GrowcExistsError,
+    GrowcIOError,
+    GrowcPassError,
+    GrowcTraceError,
+)
 from .ops import (
     MixedConv1d,
     MixedConv2d,
@@ -35,6 +43,7 @@ __all__ = [
     "GrowcConfigError",
     "GrowcDataError",
     "GrowcError",
+    "GrowcExistsError",
     "GrowcIOError",
     "GrowcPassError",
     "GrowcSpecError",

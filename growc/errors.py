@@ -41,5 +41,9 @@ class GrowcIOError(GrowcError, OSError):
         self.path = path
 
 
+class GrowcExistsError(GrowcIOError, FileExistsError):
+    """The output exists and growc may not replace it (no ``--overwrite``, or it is not something growc wrote)."""
+
+
 class GrowcDataError(GrowcError, ValueError):
     """A tensor holds values growc cannot work with (NaN or infinity), or a size beyond growc's bounds."""
