@@ -7,15 +7,18 @@
   unpickler that only accepts numpy arrays, or the binary ``cifar-10-batches-bin``/``cifar-100-binary``) under
   ``root``; training batches get the reference's augmentation (random crop with padding 4, horizontal flip).
 * ``imagefolder``: ``root/train/CLASS/*.jpg`` and ``root/val/CLASS/*.jpg`` (torchvision's ImageFolder), resized.
-* ``synthetic``: Gaussian class clusters of any ``shape`` (smoke tests).
+* ``synthetic``: Gaussian class clusters of any ``shape`` (smoke tests), at most :data:`MAX_DATA_BYTES` of them
+  (checked before anything is allocated).
 
 :func:`load_data` checks everything before any training starts: a missing or corrupt folder is a
-:class:`~growc.errors.GrowcError` naming the file and what was expected.
+:class:`~growc.errors.GrowcError` naming the file and what was expected; data beyond the size bound, or that cannot
+be allocated, is one too.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,10 +29,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from .errors import GrowcError
+from .errors import GrowcDataError, GrowcError
 from .specdoc import SpecModel
 
-__all__ = ["DataSpec", "Dataset", "load_data"]
+__all__ = ["MAX_DATA_BYTES", "DataSpec", "Dataset", "load_data", "synthetic_bytes", "synthetic_size_problem"]
+
+#: The most bytes of examples (float32) the ``synthetic`` generator makes; generating needs about three times this
+#: at its peak (the noise, the class centers per example, their sum and the split copies).
+MAX_DATA_BYTES = 4 << 30
 
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
@@ -147,10 +154,14 @@ def _mnist1d(spec: DataSpec) -> Dataset:
     args.num_samples = spec.samples
     args.train_split = 1 - spec.test_fraction
     args.seed = spec.seed
-    data = make_dataset(args)  # generated locally from its templates; no download
-    x = torch.as_tensor(data["x"], dtype=torch.float32).unsqueeze(1)
-    x_test = torch.as_tensor(data["x_test"], dtype=torch.float32).unsqueeze(1)
-    y, y_test = torch.as_tensor(data["y"]).long(), torch.as_tensor(data["y_test"]).long()
+    try:
+        data = make_dataset(args)  # generated locally from its templates; no download
+        x = torch.as_tensor(data["x"], dtype=torch.float32).unsqueeze(1)
+        x_test = torch.as_tensor(data["x_test"], dtype=torch.float32).unsqueeze(1)
+        y, y_test = torch.as_tensor(data["y"]).long(), torch.as_tensor(data["y_test"]).long()
+    except (RuntimeError, MemoryError) as error:  # the allocator's refusal
+        reason = str(error) or type(error).__name__
+        raise GrowcError(f"cannot generate {spec.samples} mnist1d examples: {reason}") from None
     return Dataset("mnist1d", x, y, x_test, y_test, 10, (1, 40))
 
 
@@ -167,13 +178,43 @@ def _digits(spec: DataSpec) -> Dataset:
     return Dataset("digits", x, y, x_test, y_test, 10, (1, 8, 8))
 
 
+def synthetic_bytes(spec: DataSpec) -> int:
+    """The bytes of the examples and class centers ``spec``'s synthetic data set holds (4 bytes a value)."""
+    return 4 * math.prod(spec.shape) * (spec.samples + spec.classes)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}".replace(".0 ", " ")
+    return f"{n} B"
+
+
+def synthetic_size_problem(spec: DataSpec) -> str | None:
+    """Why ``spec``'s synthetic data set is too large to generate (beyond :data:`MAX_DATA_BYTES`), or None."""
+    n = synthetic_bytes(spec)
+    if n <= MAX_DATA_BYTES:
+        return None
+    return (
+        f"synthetic data of {spec.samples} examples of shape {list(spec.shape)} needs {_size(n)} (4 bytes a value); "
+        f"growc generates at most {_size(MAX_DATA_BYTES)}: lower data.samples or data.shape"
+    )
+
+
 def _synthetic(spec: DataSpec) -> Dataset:
+    problem = synthetic_size_problem(spec)
+    if problem is not None:
+        raise GrowcDataError(problem)
     generator = torch.Generator().manual_seed(spec.seed)
     shape = tuple(spec.shape)
-    centers = torch.randn(spec.classes, *shape, generator=generator)
-    y = torch.randint(0, spec.classes, (spec.samples,), generator=generator)
-    x = centers[y] + 0.8 * torch.randn(spec.samples, *shape, generator=generator)
-    x, y, x_test, y_test = _split(x, y, spec.test_fraction, spec.seed)
+    try:
+        centers = torch.randn(spec.classes, *shape, generator=generator)
+        y = torch.randint(0, spec.classes, (spec.samples,), generator=generator)
+        x = centers[y] + 0.8 * torch.randn(spec.samples, *shape, generator=generator)
+        x, y, x_test, y_test = _split(x, y, spec.test_fraction, spec.seed)
+    except (RuntimeError, MemoryError) as error:  # the allocator's refusal
+        reason = str(error) or type(error).__name__
+        raise GrowcError(f"cannot generate the synthetic data ({_size(synthetic_bytes(spec))}): {reason}") from None
     return Dataset("synthetic", x, y, x_test, y_test, spec.classes, shape)
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from .data import DataSpec
+from .data import DataSpec, synthetic_size_problem
 from .spec import GrowthSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, check_steps, load_spec
 from .specdoc import Document, GrowcSpecError, SpecModel, exact_int, load_document
 
@@ -174,6 +174,9 @@ def load_recipe(source: str | Path, *, text: str | None = None, file: str | None
             issues.append(doc.issue((phase, "schedule", "min_lr"), "min_lr is above the peak lr"))
     if recipe.parents.epochs == 0:
         issues.append(doc.issue(("parents", "epochs"), "the parents must train for at least one epoch"))
+    too_large = synthetic_size_problem(recipe.data) if recipe.data.name == "synthetic" else None
+    if too_large is not None:
+        issues.append(doc.issue(("data", "samples"), too_large))
     if issues:
         raise GrowcSpecError(issues)
     growth_spec(recipe)  # the growth part is checked as early as the rest

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from growc.data import DataSpec, crop_and_flip, load_data
-from growc.errors import GrowcError
+from growc.data import MAX_DATA_BYTES, DataSpec, crop_and_flip, load_data, synthetic_bytes
+from growc.errors import GrowcDataError, GrowcError
 
 
 def _write_cifar_python(root: Path, classes: int = 10, n: int = 6) -> None:
@@ -129,3 +129,27 @@ def test_cifar100_binary_reads_the_fine_label_byte(tmp_path: Path) -> None:
         (folder / name).write_bytes(rows.tobytes())
     data = load_data(DataSpec(name="cifar100", root=str(tmp_path)))
     assert data.y.tolist() == [42, 7, 99] and data.num_classes == 100
+
+
+def test_synthetic_data_beyond_the_bound_is_refused_before_allocating() -> None:
+    spec = DataSpec(name="synthetic", samples=10_000_000, shape=[4096, 4096])
+    assert synthetic_bytes(spec) == 4 * 4096 * 4096 * (10_000_000 + 10)
+    with pytest.raises(
+        GrowcDataError,
+        match=r"synthetic data of 10000000 examples of shape \[4096, 4096\] needs 610\.4 TiB \(4 bytes a value\); "
+        r"growc generates at most 4 GiB: lower data.samples or data.shape",
+    ):
+        load_data(spec)
+    assert synthetic_bytes(DataSpec(name="synthetic", samples=1000, shape=[256, 1024], classes=24)) <= MAX_DATA_BYTES
+
+
+def test_an_allocation_failure_while_generating_is_a_growc_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(torch, "randn", out_of_memory)
+    with pytest.raises(GrowcError, match=r"cannot generate the synthetic data \(4 KiB\): .*can't allocate memory"):
+        load_data(DataSpec(name="synthetic", samples=100, shape=[2, 5], classes=3))
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(GrowcError, match=r"cannot generate the synthetic data \(4 KiB\): MemoryError"):
+        load_data(DataSpec(name="synthetic", samples=100, shape=[2, 5], classes=3))

@@ -108,3 +108,10 @@ def test_the_schedule_warms_up_linearly_then_follows_a_cosine() -> None:
     assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+
+
+def test_synthetic_data_beyond_the_bound_is_refused_at_its_line() -> None:
+    big = TINY.replace("samples: 200, shape: [1, 24]", "samples: 10000000, shape: [4096, 4096]")
+    with pytest.raises(GrowcSpecError, match=r"r.yaml:4:\d+: data.samples: synthetic data of 10000000 examples of "
+                       r"shape \[4096, 4096\] needs 610\.4 TiB .*; growc generates at most 4 GiB"):  # fmt: skip
+        load_recipe("r.yaml", text=big)
