@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +22,24 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 from torch import fx, nn
 
 from .analysis import propagate_shapes
-from .errors import GrowcError
+from .errors import GrowcDataError, GrowcError
 from .io import (
+    artifact_format,
     atomic_directory,
+    check_destination,
     load_into,
     load_state_dict,
+    read_json,
     save_state_dict,
     save_tensors,
     sha256_file,
     write_json,
 )
-from .models import is_safe_reference, resolve_model
+from .models import ModelBuildError, is_safe_reference, resolve_model
 from .spec import GrowthSpec, load_spec
 from .specdoc import GrowcSpecError
 from .trace import trace
@@ -45,12 +51,22 @@ __all__ = [
     "format_plan",
     "format_report",
     "grow",
+    "implied_size",
+    "is_artifact",
     "load",
     "write_artifact",
 ]
 
 ARTIFACT_FILES = ("model.safetensors", "spec.yaml", "report.json", "report.txt", "code.py", "probe.safetensors")
 PROBE_TOLERANCE = 1e-4
+ARTIFACT_WHAT = "a growc artifact folder (a growc report.json)"
+
+
+def is_artifact(folder: Path) -> bool:
+    """Whether ``folder`` is an artifact growc wrote (its report.json says so): the only folder grow replaces."""
+    return artifact_format(folder) == "growc-artifact"
+
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -104,12 +120,10 @@ def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True, trust_co
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed + index)
             model = resolve_model(parent.model, **parent.kwargs)
+    except ModelBuildError as error:
+        raise doc.error(("parents", index, "kwargs"), str(error)) from None
     except GrowcError as error:
         raise doc.error(("parents", index, "model"), str(error)) from None
-    except Exception as error:  # noqa: BLE001 - a user factory can raise anything; say which and where
-        raise doc.error(
-            ("parents", index, "kwargs"), f"building '{parent.model}' failed: {type(error).__name__}: {error}"
-        ) from None
     model = model.to(DTYPES[spec.input.dtype]).train(spec.trace.mode == "train")
     if not weights or parent.weights is None:
         return model
@@ -131,6 +145,60 @@ def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True, trust_co
     return target
 
 
+MAX_ELEMENTS = 2**31  # parameters and buffers of the grown network: 8 GiB of float32
+MAX_BYTES = 8 << 30
+
+
+def implied_size(spec: GrowthSpec, *, trust_code: bool = True) -> dict[str, Any]:
+    """The sizes ``spec`` implies, computed before anything is allocated.
+
+    Each parent is built on the meta device (shapes only: no memory, no initialization); the grown network is
+    bounded by the parents' elements times the square of the total width factor (every step's factor multiplied:
+    a convolution or linear layer ``f`` times wider has ``f**2`` times the weights). Returns ``parents`` (elements
+    of each), ``factor``, ``grown`` (the bound, in elements) and ``bytes``; a parent whose factory cannot build on
+    the meta device (or whose code is not trusted) is left out (``None``).
+    """
+    counts: dict[str, int | None] = {}  # parents usually share one reference and kwargs: build each once
+    for parent in spec.parents:
+        key = json.dumps([parent.model, parent.kwargs], sort_keys=True, default=str)
+        if key in counts:
+            continue
+        counts[key] = None  # untrusted code, or a factory that cannot build on the meta device (the real build's
+        if trust_code or is_safe_reference(parent.model):  # errors are located at its spec line)
+            try:
+                with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                    model = resolve_model(parent.model, **parent.kwargs)
+                counts[key] = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+            except GrowcError:
+                pass
+    parents = [counts[json.dumps([p.model, p.kwargs], sort_keys=True, default=str)] for p in spec.parents]
+    factor = math.prod(step.factor or 1 for step in spec.growth)
+    known = [n for n in parents if n is not None]
+    biggest = max(known, default=0)
+    grown = biggest * factor * factor
+    size = torch.finfo(DTYPES[spec.input.dtype]).bits // 8
+    return {"parents": parents, "factor": factor, "grown": grown, "bytes": grown * size}
+
+
+def _check_size(spec: GrowthSpec, trust_code: bool) -> dict[str, Any]:
+    size = implied_size(spec, trust_code=trust_code)
+    for i, count in enumerate(size["parents"]):
+        if count is not None and count > MAX_ELEMENTS:
+            raise spec.doc.error(
+                ("parents", i, "kwargs"),
+                f"parent {i} ({spec.parents[i].model}) has {count:,} parameters and buffers: more than growc's bound "
+                f"of {MAX_ELEMENTS:,}",
+            )
+    if size["grown"] > MAX_ELEMENTS or size["bytes"] > MAX_BYTES:
+        raise spec.doc.error(
+            ("growth",),
+            f"the steps make the parents {size['factor']}x wider: up to {size['grown']:,} parameters and buffers "
+            f"({size['bytes'] / 2**30:.1f} GiB of {spec.input.dtype}), more than growc's bound of {MAX_ELEMENTS:,} "
+            f"({MAX_BYTES >> 30} GiB); nothing was allocated",
+        )
+    return size
+
+
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -141,6 +209,7 @@ def check_spec(spec: GrowthSpec | str | Path) -> dict[str, Any]:
     Raises :class:`~growc.specdoc.GrowcSpecError` located at the offending spec value.
     """
     spec = _as_spec(spec)
+    _check_size(spec, trust_code=True)
     return _validate(spec, [build_parent(spec, i) for i in range(len(spec.parents))])
 
 
@@ -278,6 +347,7 @@ def compile_spec(
     from .passes import fuse, materialize, widen
 
     spec = _as_spec(spec)
+    size = _check_size(spec, trust_code)
     x = example_input(spec)
     start = time.perf_counter()
     parents = [build_parent(spec, i, weights=weights, trust_code=trust_code) for i in range(len(spec.parents))]
@@ -347,6 +417,7 @@ def compile_spec(
             "grown": _count(gm),
             "materialized": _count(materialize(gm)) if verify else None,
         },
+        "size": {k: size[k] for k in ("parents", "factor", "grown")},
         "seconds": round(time.perf_counter() - start, 4),
     }
     gm.meta["growc"]["grow"] = report
@@ -384,9 +455,7 @@ def grow(
         out = spec.output.folder
     if overwrite is None:
         overwrite = spec.output.overwrite if spec.output else False
-    dest = Path(out)
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"output folder '{dest.resolve()}' already exists (pass --overwrite to replace it)")
+    dest = check_destination(out, overwrite=overwrite, replaceable=is_artifact, what=ARTIFACT_WHAT)
     result = compile_spec(spec)
     inputs = [
         {
@@ -399,7 +468,7 @@ def grow(
     result.report = write_artifact(
         dest, spec, result.model, result.example, {"inputs": inputs, **result.report}, overwrite=overwrite
     )
-    return dest.resolve(), result
+    return dest, result
 
 
 def write_artifact(
@@ -418,15 +487,15 @@ def write_artifact(
     """
     from . import __version__
 
-    dest = Path(dest)
-    if dest.exists() and overwrite and (not dest.is_dir() or any(dest.iterdir())):
-        if not (dest / "report.json").is_file() or '"growc-artifact"' not in (dest / "report.json").read_text():
-            raise GrowcError(
-                f"refusing to replace '{dest}': it is not a growc artifact folder (no growc report.json); "
-                "choose another output folder"
-            )
+    dest = check_destination(dest, overwrite=overwrite, replaceable=is_artifact, what=ARTIFACT_WHAT)
     output = _eval_output(gm, example)
-    with atomic_directory(dest, overwrite=overwrite) as tmp:
+    bad = int((~torch.isfinite(output)).sum()) if output.is_floating_point() else 0
+    if bad:
+        raise GrowcDataError(
+            f"the grown model's output on the example input holds {bad} NaN or infinite value(s): no artifact is "
+            "written (check the parents' weights)"
+        )
+    with atomic_directory(dest, overwrite=overwrite, replaceable=is_artifact, what=ARTIFACT_WHAT) as tmp:
         meta = {"format": "growc-artifact", "growc": __version__}
         save_state_dict(gm, tmp / "model.safetensors", metadata=meta)
         save_tensors({"input": example, "output": output}, tmp / "probe.safetensors", metadata=meta)
@@ -452,14 +521,9 @@ def write_artifact(
 
 
 def _artifact_report(root: Path) -> dict[str, Any]:
-    import json
-
     path = root / "report.json"
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise GrowcError(f"'{path}' is not valid JSON: {error}") from None
-    if not isinstance(report, dict) or report.get("format") != "growc-artifact":
+    report = read_json(path, "artifact report")
+    if report.get("format") != "growc-artifact":
         raise GrowcError(f"'{path}' is not a growc artifact report")
     files = report.get("files")
     for name in ("model.safetensors", "probe.safetensors"):
@@ -468,6 +532,47 @@ def _artifact_report(root: Path) -> dict[str, Any]:
         if not isinstance(digest, str) or len(digest) != 64:
             raise GrowcError(f"'{path}' has no SHA-256 for {name}: the artifact's integrity cannot be checked")
     return report
+
+
+def _check_recorded(root: Path, report: dict[str, Any], spec: GrowthSpec, trust_code: bool) -> None:
+    """Before anything is built: the steps and parent sizes report.json recorded must be the ones spec.yaml
+    implies, and the weights file's header must fit growc's bounds."""
+    where = f"'{root / 'spec.yaml'}' does not match '{root / 'report.json'}'"
+    steps = report.get("steps")
+    recorded = (
+        [(s.get("kind"), s.get("factor")) for s in steps if isinstance(s, dict)] if isinstance(steps, list) else None
+    )
+    implied = [("fuse" if spec.is_fusion(i) else "widen", step.factor) for i, step in enumerate(spec.growth)]
+    if recorded != implied:
+        raise GrowcError(
+            f"{where}: the spec's steps (kind, factor) are {implied}, the report recorded {recorded}: the artifact "
+            "was modified after growc grow wrote it"
+        )
+    size = _check_size(spec, trust_code)
+    recorded_size = report.get("size")
+    shown = recorded_size.get("parents") if isinstance(recorded_size, dict) else recorded_size
+    if recorded_size is not None and (
+        not isinstance(shown, list)
+        or len(shown) != len(size["parents"])
+        # None: a parent whose code is not trusted (refused with its spec line when it is built)
+        or any(n is not None and n != r for n, r in zip(size["parents"], shown, strict=True))
+    ):
+        raise GrowcError(
+            f"{where}: the spec's parents have {size['parents']} parameters and buffers, the report recorded "
+            f"{shown!r}: the artifact was modified after growc grow wrote it"
+        )
+    weights = root / "model.safetensors"
+    elements = 0
+    try:
+        with safe_open(weights, "pt") as handle:
+            for key in handle.keys():
+                elements += math.prod(handle.get_slice(key).get_shape())
+    except (OSError, SafetensorError, ValueError) as error:
+        raise GrowcError(f"weights file '{weights}' is not a valid safetensors file: {error}") from None
+    if elements > MAX_ELEMENTS:
+        raise GrowcError(
+            f"weights file '{weights}' holds {elements:,} values: more than growc's bound of {MAX_ELEMENTS:,}"
+        )
 
 
 def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -> fx.GraphModule:
@@ -484,23 +589,27 @@ def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -
     root = Path(folder)
     if not root.is_dir():
         raise GrowcError(f"'{root}' is not a growc artifact folder (no such folder)")
-    missing = [name for name in ("model.safetensors", "spec.yaml", "report.json") if not (root / name).is_file()]
+    required = ("model.safetensors", "spec.yaml", "report.json", "probe.safetensors")
+    missing = [name for name in required if not (root / name).is_file()]
     if missing:
-        raise GrowcError(f"'{root}' is not a complete growc artifact: missing {', '.join(missing)}")
+        raise GrowcError(
+            f"'{root}' is not a complete growc artifact: missing {', '.join(missing)} (or not a plain file)"
+        )
     report = _artifact_report(root)
     weights = root / "model.safetensors"
     probe_path = root / "probe.safetensors"
     spec = load_spec(root / "spec.yaml")
+    _check_recorded(root, report, spec, trust_code)  # bounds the build below before anything is allocated
     gm = compile_spec(spec, verify=False, weights=False, trust_code=trust_code).model
     load_into(gm, load_state_dict(weights), f"weights file '{weights}'")  # names the key of any mismatch
     for name, path in (("model.safetensors", weights), ("probe.safetensors", probe_path)):
-        if path.is_file() and sha256_file(path) != report["files"][name]["sha256"]:
+        if sha256_file(path) != report["files"][name]["sha256"]:
             raise GrowcError(
                 f"{name} in '{root}' was modified after growc grow wrote it: its SHA-256 differs from the one in "
                 "report.json (its keys, shapes and dtypes match the model; its bytes do not)"
             )
     gm.meta["growc"]["artifact"] = report
-    if verify and probe_path.is_file():
+    if verify:
         probe = load_state_dict(probe_path)
         if set(probe) != {"input", "output"}:
             raise GrowcError(f"'{probe_path}' must hold exactly 'input' and 'output'")
@@ -524,28 +633,58 @@ def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A human summary of a grow report: parents, steps with their checks, parameter counts."""
-    name = f" ({report['name']})" if report.get("name") else ""
-    lines = [f"growc grow{name}: growc {report.get('growc', '?')}"]
-    for i, p in enumerate(report["parents"]):
-        lines.append(f"parent {i}: {p['model']} {p['params']:,} parameters, weights: {p['weights'] or 'random init'}")
-    for s in report["steps"]:
+    """A human summary of a grow report: parents, steps with their checks, parameter counts.
+
+    Any JSON shape prints (a report.json is read from disk): a missing value or one of the wrong type shows as ``?``.
+    """
+    missing = object()
+
+    def text(value: Any) -> str:  # a scalar, printable and short; anything else is '?'
+        if value is missing or not isinstance(value, (str, int, float, type(None))):
+            return "?"
+        shown = str(value)[:200]
+        return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in shown)
+
+    def number(value: Any, spec: str) -> str:
+        return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+    def items(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []
+
+    def fields(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    report = fields(report)
+    name = f" ({text(report['name'])})" if report.get("name") else ""
+    lines = [f"growc grow{name}: growc {text(report.get('growc', '?'))}"]
+    for i, p in enumerate(items(report.get("parents"))):
+        p = fields(p)
+        weights = text(p["weights"]) if p.get("weights") else "random init"
+        lines.append(
+            f"parent {i}: {text(p.get('model', missing))} {number(p.get('params'), ',')} parameters, weights: {weights}"
+        )
+    for s in items(report.get("steps")):
+        s = fields(s)
+        factor = text(s.get("factor", missing))
         what = (
-            f"fuse x{s['factor']} (cross_init={s['cross_init']})"
-            if s["kind"] == "fuse"
-            else f"widen x{s['factor']} by {s['method']}"
+            f"fuse x{factor} (cross_init={text(s.get('cross_init', missing))})"
+            if s.get("kind") == "fuse"
+            else f"widen x{factor} by {text(s.get('method', missing))}"
         )
         check = ""
         if s.get("output"):
-            o = s["output"]
-            check = f"; output vs {o.get('against', 'parents')}: max rel {o['max_rel']:.2e}"
+            o = fields(s["output"])
+            check = f"; output vs {text(o.get('against', 'parents'))}: max rel {number(o.get('max_rel'), '.2e')}"
         lines.append(
-            f"step {s['step']}: {what}: {s['params']:,} parameters, {s['fallbacks']} fallback op(s), "
-            f"{s['seconds']:.2f} s{check}"
+            f"step {text(s.get('step', missing))}: {what}: {number(s.get('params'), ',')} parameters, "
+            f"{text(s.get('fallbacks', missing))} fallback op(s), {number(s.get('seconds'), '.2f')} s{check}"
         )
-    params = report["params"]
+    params = fields(report.get("params"))
+    parents = params.get("parents")
+    counts = " + ".join(number(n, ",") for n in parents) if isinstance(parents, list) else "?"
+    materialized = params.get("materialized")
     lines.append(
-        f"parameters: parents {' + '.join(f'{n:,}' for n in params['parents'])} -> grown {params['grown']:,}"
-        + (f" (materialized {params['materialized']:,})" if params.get("materialized") is not None else "")
+        f"parameters: parents {counts} -> grown {number(params.get('grown'), ',')}"
+        + (f" (materialized {number(materialized, ',')})" if materialized is not None else "")
     )
     return "\n".join(lines)

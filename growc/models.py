@@ -17,6 +17,7 @@ no ``--input-shape``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -24,9 +25,9 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import GrowcConfigError
+from .errors import GrowcConfigError, GrowcError
 
-__all__ = ["CNN1d", "ResNet", "WideResNet", "default_input_shape", "resolve_model"]
+__all__ = ["CNN1d", "ModelBuildError", "ResNet", "WideResNet", "default_input_shape", "no_downloads", "resolve_model"]
 
 
 class _PreActBlock(nn.Module):
@@ -241,12 +242,99 @@ def default_input_shape(ref: str) -> tuple[int, ...] | None:
     return found[2] if found else None
 
 
+class ModelBuildError(GrowcConfigError):
+    """A model's factory raised (e.g. it does not take a keyword argument it was given)."""
+
+
+class _NoDownload:
+    """While active: every way torch, torchvision or other code reaches the network raises
+    :class:`~growc.errors.GrowcConfigError` (torch.hub's downloads by name, any other socket connection below)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.saved: list[tuple[Any, str, Any]] = []
+
+    def _refuse(self, target: str) -> Any:
+        what = self.what
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            for arg in args:
+                if isinstance(arg, str):
+                    shown = arg
+                    break
+                if isinstance(arg, tuple) and arg and isinstance(arg[0], str):
+                    shown = ":".join(str(part) for part in arg[:2])
+                    break
+            else:
+                shown = target
+            action = "download" if target.startswith("torch.hub") else "reach the network at"
+            raise GrowcConfigError(
+                f"building {what} tried to {action} '{shown}': growc never downloads weights or code; give trained "
+                "weights as a local safetensors file (torchvision's weights arguments are set to None)"
+            )
+
+        return refuse
+
+    def _patch(self, owner: Any, name: str, target: str) -> None:
+        if hasattr(owner, name):
+            self.saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, self._refuse(target))
+
+    def __enter__(self) -> _NoDownload:
+        import socket
+
+        import torch.hub
+
+        for name in ("download_url_to_file", "load_state_dict_from_url", "load", "_get_cache_or_reload"):
+            self._patch(torch.hub, name, f"torch.hub.{name}")
+        for name in ("connect", "connect_ex"):
+            self._patch(socket.socket, name, "socket")
+        self._patch(socket, "create_connection", "socket")
+        self._patch(socket, "getaddrinfo", "socket")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, value in reversed(self.saved):
+            setattr(owner, name, value)
+        self.saved.clear()
+
+
+def no_downloads(what: str = "the model") -> _NoDownload:
+    """A context manager under which nothing can be downloaded: torch.hub's download functions and any socket
+    connection raise :class:`~growc.errors.GrowcConfigError` naming ``what`` (every model growc builds is built so)."""
+    return _NoDownload(what)
+
+
+def _torchvision_weights_kwargs(ref: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    """Every ``weights*`` argument of a torchvision builder is None: a given one is refused, a default forced."""
+    given = [k for k, v in kwargs.items() if k.startswith("weights") and v is not None]
+    if given or kwargs.get("pretrained") or kwargs.get("pretrained_backbone"):
+        key = given[0] if given else ("pretrained" if kwargs.get("pretrained") else "pretrained_backbone")
+        raise GrowcConfigError(
+            f"model '{ref}': growc never downloads pretrained weights: leave kwargs.{key} out (every torchvision "
+            "weights argument is set to None) and give trained weights as a local safetensors file"
+        )
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    for name in parameters:
+        if name.startswith("weights"):
+            kwargs[name] = None
+    kwargs.setdefault("weights", None)
+
+
 def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
-    """Build the model a reference names (see the module docstring); ``kwargs`` go to its factory."""
+    """Build the model a reference names (see the module docstring); ``kwargs`` go to its factory.
+
+    Building never reaches the network: torchvision's ``weights*`` arguments are all None (a given one is an error)
+    and the factory runs under :func:`no_downloads`. A factory that rejects its arguments or fails is a
+    :class:`~growc.errors.GrowcConfigError` naming the reference.
+    """
     found = _builtin(ref)
     if found is not None:
         factory, groups, _ = found
-        return factory(**groups, **kwargs)
+        return _call(ref, lambda: factory(**groups, **kwargs))
     if ref.startswith("torchvision:"):
         try:
             import torchvision
@@ -255,12 +343,14 @@ def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
         name = ref.split(":", 1)[1]
         if name not in torchvision.models.list_models():
             raise GrowcConfigError(f"torchvision has no model named '{name}' (see torchvision.models.list_models())")
-        kwargs.setdefault("weights", None)
-        return torchvision.models.get_model(name, **kwargs)
+        builder = torchvision.models.get_model_builder(name)
+        _torchvision_weights_kwargs(ref, builder, kwargs)
+        return _call(ref, lambda: builder(**kwargs))
     if ":" in ref:
         module_name, _, attr = ref.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            with no_downloads(f"model '{ref}'"):
+                module = importlib.import_module(module_name)
         except ImportError as error:
             raise GrowcConfigError(f"cannot import '{module_name}' for model '{ref}': {error}") from error
         factory = module
@@ -270,7 +360,7 @@ def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
             factory = getattr(factory, part)
         if not callable(factory):
             raise GrowcConfigError(f"'{ref}' is not callable")
-        model = factory(**kwargs)
+        model = _call(ref, lambda: factory(**kwargs))
         if not isinstance(model, nn.Module):
             raise GrowcConfigError(f"'{ref}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
@@ -278,3 +368,13 @@ def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
         f"unknown model '{ref}': use a built-in ({', '.join(BUILTIN_NAMES)}), 'torchvision:NAME' "
         "or 'package.module:factory'"
     )
+
+
+def _call(ref: str, build: Callable[[], Any]) -> Any:
+    try:
+        with no_downloads(f"model '{ref}'"):
+            return build()
+    except GrowcError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a factory can raise anything; say which and what
+        raise ModelBuildError(f"building '{ref}' failed: {type(error).__name__}: {error}"[:500]) from None

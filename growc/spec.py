@@ -43,6 +43,8 @@ __all__ = [
 
 SPEC_VERSION = 1
 MAX_FACTOR = 64  # a larger factor in one step is a typo (and would not fit in memory)
+MAX_TOTAL_FACTOR = 64  # the product of every step's factor: 64x wider is 4096x the weights
+MAX_PARENTS = MAX_FACTOR  # a fusion step's factor is the number of parents
 PositiveInt = Annotated[int, Field(ge=1)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -204,15 +206,21 @@ def check_steps(spec: GrowthSpec, doc: Located) -> None:
     fusion_keys = ("cross_init", "cross_scale", "cross_templates", "head")
     if math.prod(spec.input.shape) > 2**28:
         issues.append(doc.issue(("input", "shape"), f"{math.prod(spec.input.shape):,} elements is more than 2**28"))
+    if len(spec.parents) > MAX_PARENTS:
+        issues.append(
+            doc.issue(("parents",), f"{len(spec.parents)} parents is more than {MAX_PARENTS} (the largest factor)")
+        )
     for i, parent in enumerate(spec.parents):
-        if parent.model.startswith("torchvision:") and parent.kwargs.get("weights") is not None:
-            issues.append(
-                doc.issue(
-                    ("parents", i, "kwargs", "weights"),
-                    "growc never downloads pretrained weights: leave kwargs.weights out and give the parent's "
-                    f"weights file as parents[{i}].weights",
+        for key, value in parent.kwargs.items():
+            if (key.startswith("weights") or key.startswith("pretrained")) and value not in (None, False):
+                issues.append(
+                    doc.issue(
+                        ("parents", i, "kwargs", key),
+                        f"growc never downloads pretrained weights: leave kwargs.{key} out (growc sets every "
+                        f"torchvision weights argument to null) and give the parent's weights file as "
+                        f"parents[{i}].weights",
+                    )
                 )
-            )
     scale = 1  # the width so far, as a multiple of the parents'
     for i, step in enumerate(spec.growth):
         here = ("growth", i)
@@ -286,6 +294,15 @@ def check_steps(spec: GrowthSpec, doc: Located) -> None:
             if factor is None:
                 issues.append(doc.issue(here, "a widening step needs factor or target"))
                 continue
+        if scale * factor > MAX_TOTAL_FACTOR:
+            issues.append(
+                doc.issue(
+                    (*here, "factor") if step.factor is not None else here,
+                    f"the steps so far make the model {scale * factor}x wider than its parents: more than "
+                    f"{MAX_TOTAL_FACTOR}x in all (about {MAX_TOTAL_FACTOR**2:,}x the weights) is refused",
+                )
+            )
+            break
         scale *= factor
         step.factor = factor
     if spec.is_fusion(0):

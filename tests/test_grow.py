@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from growc.build import ARTIFACT_FILES, check_spec, compile_spec, grow, load
-from growc.errors import GrowcError
+from growc.build import ARTIFACT_FILES, build_parent, check_spec, compile_spec, grow, load, write_artifact
+from growc.errors import GrowcDataError, GrowcError, GrowcExistsError
 from growc.io import save_state_dict, sha256_file
 from growc.models import resolve_model
 from growc.passes import templatize
@@ -486,3 +486,218 @@ def test_fuzzed_numbers_through_check_and_compile_raise_only_growc_errors(
         compile_spec(spec)
     except GrowcError as error:
         assert str(error).startswith(str(folder / "s.yaml") + ":"), str(error)
+
+
+# ---------------------------------------------------------------------------------------- hostile outputs
+
+
+def test_grow_through_dotdot_never_replaces_a_user_folder_or_file(small_spec: Path) -> None:
+    root = small_spec.parent
+    (root / "userdata").mkdir()
+    (root / "userdata" / "thesis.tex").write_text("years of work")
+    (root / "keep.yaml").write_text("mine")
+    with pytest.raises(GrowcExistsError, match=r"refusing to replace '.*userdata': it is not a growc artifact"):
+        grow(small_spec, root / "nonexistent" / ".." / "userdata", overwrite=True)
+    with pytest.raises(GrowcExistsError, match=r"refusing to replace '.*keep.yaml': it is not a folder"):
+        grow(small_spec, root / "x" / ".." / "keep.yaml", overwrite=True)
+    assert (root / "userdata" / "thesis.tex").read_text() == "years of work"
+    assert (root / "keep.yaml").read_text() == "mine"
+    assert not (root / "nonexistent").exists() and not (root / "x").exists()
+
+
+def test_an_artifact_whose_report_was_forged_onto_a_user_folder_is_still_checked_at_publish(small_spec: Path) -> None:
+    root = small_spec.parent
+    dest, _ = grow(small_spec, root / "art")
+    (dest / "notes.md").write_text("the user's notes inside an artifact are replaced with it")
+    grow(small_spec, dest, overwrite=True)
+    assert sorted(os.listdir(dest)) == sorted(ARTIFACT_FILES)
+
+
+# ------------------------------------------------------------------------------------------ bounded work
+
+
+def _spec_text(parents: int = 2, steps: str = "  - {cross_init: orthogonal}\n", width: int = 4) -> str:
+    parent = f"  - {{model: cnn1d-{width}, kwargs: {{num_classes: 3}}}}\n"
+    return f"growc: 1\nparents:\n{parent * parents}input: {{shape: [2, 1, 40]}}\ngrowth:\n{steps}"
+
+
+def test_factors_that_multiply_beyond_the_bound_are_refused_across_steps(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(_spec_text(steps="  - {cross_init: orthogonal}\n" + "  - {factor: 64}\n" * 30))
+    with pytest.raises(
+        GrowcSpecError,
+        match=r"s.yaml:8:14: growth\[1\].factor: the steps so far make the model 128x wider than its parents: more "
+        r"than 64x in all",
+    ):
+        load_spec(path)
+
+
+def test_more_parents_than_the_largest_factor_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(_spec_text(parents=65))
+    with pytest.raises(GrowcSpecError, match=r"s.yaml:3:3: parents: 65 parents is more than 64"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("width", "steps", "message"),
+    [
+        (200_000, "  - {cross_init: orthogonal}\n", r"parents\[0\].kwargs: parent 0 \(cnn1d-200000\) has [\d,]+ param"),
+        (8000, "  - {cross_init: orthogonal}\n  - {factor: 4}\n", r"growth: the steps make the parents 8x wider: up"),
+    ],
+    ids=["parent", "grown"],
+)
+def test_sizes_the_spec_implies_are_bounded_before_anything_is_allocated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int, steps: str, message: str
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(_spec_text(steps=steps, width=width))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a parent was built for real")
+
+    monkeypatch.setattr("growc.build.build_parent", never)
+    for run in (check_spec, compile_spec):
+        with pytest.raises(GrowcSpecError, match=message):
+            run(path)
+
+
+def test_a_tampered_spec_with_an_extra_step_is_refused_before_building(
+    artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    text = (copy / "spec.yaml").read_text()
+    steps = yaml.safe_load(text)["growth"]
+    assert len(steps) == 2
+    data = yaml.safe_load(text)
+    data["growth"].append({"factor": 4, "method": "net2net"})
+    (copy / "spec.yaml").write_text(yaml.safe_dump(data))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("growc.build.compile_spec", never)
+    with pytest.raises(
+        GrowcError,
+        match=r"spec.yaml' does not match '.*report.json': the spec's steps \(kind, factor\) are \[\('fuse', 2\), "
+        r"\('widen', 2\), \('widen', 4\)\], the report recorded \[\('fuse', 2\), \('widen', 2\)\]",
+    ):
+        load(copy)
+    data["growth"][-1]["factor"] = 64  # 2 x 2 x 64: beyond the bound, refused as the spec is read
+    (copy / "spec.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(GrowcSpecError, match=r"256x wider than its parents: more than 64x in all"):
+        load(copy)
+
+
+def test_a_tampered_spec_with_bigger_parents_is_refused_before_building(
+    artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    data = yaml.safe_load((copy / "spec.yaml").read_text())
+    for parent in data["parents"]:
+        parent["kwargs"]["width"] = 64
+    (copy / "spec.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setattr("growc.build.compile_spec", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(GrowcError, match=r"the spec's parents have \[\d+, \d+\] parameters and buffers, the report"):
+        load(copy)
+
+
+@pytest.mark.parametrize("how", ["deleted", "folder"])
+def test_a_missing_probe_is_refused_even_without_verification(artifact: Path, tmp_path: Path, how: str) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    (copy / "probe.safetensors").unlink()
+    if how == "folder":
+        (copy / "probe.safetensors").mkdir()
+    for verify in (True, False):
+        with pytest.raises(GrowcError, match=r"is not a complete growc artifact: missing probe\.safetensors"):
+            load(copy, verify=verify)
+
+
+def test_a_deeply_nested_report_is_a_growc_error(artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    (copy / "report.json").write_text('{"a": ' * 200_000 + "1" + "}" * 200_000)
+    with pytest.raises(GrowcError, match=r"artifact report '.*report.json' is not valid JSON: nested too deeply"):
+        load(copy)
+
+
+def test_a_grown_model_with_non_finite_output_writes_no_artifact(small_spec: Path) -> None:
+    result = compile_spec(small_spec)
+    with torch.no_grad():
+        next(p for p in result.model.parameters() if p.is_floating_point()).fill_(float("nan"))
+    with pytest.raises(GrowcDataError, match=r"output on the example input holds \d+ NaN or infinite value\(s\)"):
+        write_artifact(small_spec.parent / "out", load_spec(small_spec), result.model, result.example, result.report)
+    assert not (small_spec.parent / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------- nothing fetched
+
+
+def test_a_detection_model_spec_builds_without_reaching_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torchvision")
+    import torch.hub
+
+    def network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"tried to download {args}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", network)
+    path = tmp_path / "s.yaml"
+    ref = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
+    path.write_text(
+        f"growc: 1\nparents:\n  - {{model: '{ref}', kwargs: {{num_classes: 3}}}}\ninput: {{shape: [1, 3, 64, 64]}}\n"
+        "growth:\n  - {factor: 2}\n"
+    )
+    model = build_parent(load_spec(path), 0)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    path.write_text(path.read_text().replace("num_classes: 3", "num_classes: 3, weights_backbone: DEFAULT"))
+    with pytest.raises(
+        GrowcSpecError, match=r"s.yaml:3:109: parents\[0\].kwargs.weights_backbone: growc never downloads pretrained"
+    ):
+        load_spec(path)
+
+
+def test_a_factory_that_downloads_is_stopped_with_the_spec_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fetching.py").write_text(
+        textwrap.dedent(
+            """
+            import urllib.request
+
+            import torch.hub
+            from torch import nn
+
+
+            def hub():
+                torch.hub.load_state_dict_from_url("https://example.invalid/weights.pth")
+                return nn.Linear(2, 2)
+
+
+            def raw():
+                urllib.request.urlopen("http://127.0.0.1:9/weights")
+                return nn.Linear(2, 2)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for factory, what in (
+        ("hub", "download 'https://example.invalid/weights.pth'"),
+        ("raw", "reach the network at '127.0.0.1:9'"),
+    ):
+        path = tmp_path / f"{factory}.yaml"
+        path.write_text(
+            f"growc: 1\nparents:\n  - {{model: 'fetching:{factory}'}}\ninput: {{shape: [1, 2]}}\n"
+            "growth:\n  - {factor: 2}\n"
+        )
+        with pytest.raises(
+            GrowcSpecError,
+            match=rf"{factory}.yaml:3:13: parents\[0\].model: building model 'fetching:{factory}' tried to "
+            rf"{re.escape(what)}: growc never downloads",
+        ):
+            compile_spec(path)

@@ -144,7 +144,8 @@ growth:
         (
             VALID.replace("cnn1d-4, kwargs: {num_classes: 3}}", "'torchvision:resnet18', kwargs: {weights: DEFAULT}}"),
             "spec.yaml:3:55: parents[0].kwargs.weights: growc never downloads pretrained weights: leave "
-            "kwargs.weights out and give the parent's weights file as parents[0].weights",
+            "kwargs.weights out (growc sets every torchvision weights argument to null) and give the parent's weights "
+            "file as parents[0].weights",
         ),
         ("- 1\n- 2\n", "spec.yaml:1:1: expected a mapping (key: value lines), got [1, 2]"),
         ("", "spec.yaml:1:1: the document is empty"),
