@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import growc
-from growc.models import CNN1d, WideResNet, default_input_shape, resolve_model
+from growc.errors import GrowcConfigError
+from growc.models import CNN1d, ModelBuildError, WideResNet, default_input_shape, no_downloads, resolve_model
 
 
 @pytest.mark.parametrize(("ref", "shape", "classes"), [("wrn-16-4", (2, 3, 32, 32), 10), ("cnn1d-8", (2, 1, 40), 10)])
@@ -60,3 +62,33 @@ def test_builtin_resnet_matches_torchvision_layout_and_scales_every_width(depth:
 def test_resnet_rejects_bad_depth() -> None:
     with pytest.raises(growc.GrowcConfigError, match=r"ResNet depth must be one of \[18, 34, 50, 101, 152\], got 20"):
         resolve_model("resnet-20-1")
+
+
+def test_a_factory_that_rejects_its_arguments_is_a_model_build_error() -> None:
+    with pytest.raises(ModelBuildError, match=r"building 'cnn1d-4' failed: TypeError: .*unexpected keyword argument"):
+        resolve_model("cnn1d-4", nope=1)
+
+
+def test_every_torchvision_weights_argument_is_none_and_a_given_one_refused() -> None:
+    pytest.importorskip("torchvision")
+    with pytest.raises(
+        GrowcConfigError, match=r"growc never downloads pretrained weights: leave kwargs.weights_backbone"
+    ):
+        resolve_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", weights_backbone="DEFAULT")
+    with no_downloads("a test"):  # the default ImageNet backbone weights would be a download
+        model = resolve_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3)
+    assert isinstance(model, nn.Module)
+
+
+def test_no_downloads_stops_torch_hub_and_sockets_and_restores_them() -> None:
+    import socket
+
+    import torch.hub
+
+    before = (torch.hub.download_url_to_file, socket.socket.connect, socket.getaddrinfo)
+    with no_downloads("a test"):
+        with pytest.raises(GrowcConfigError, match=r"building a test tried to download 'https://example.invalid/w"):
+            torch.hub.download_url_to_file("https://example.invalid/w", "/tmp/w")
+        with pytest.raises(GrowcConfigError, match=r"tried to reach the network at 'example.invalid:80'"):
+            socket.create_connection(("example.invalid", 80))
+    assert (torch.hub.download_url_to_file, socket.socket.connect, socket.getaddrinfo) == before
