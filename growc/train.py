@@ -1,19 +1,26 @@
 """``growc train``: run a recipe's phases (train two parents, grow, keep training) with checkpoints and resume.
 
-The run folder (``output.folder`` or ``--out``) holds everything::
+The run folder (``output.folder`` or ``--out``, resolved once) holds everything::
 
-    run.json              the recipe's fingerprint (a folder only resumes the recipe that started it)
+    run.json              "format": "growc-run" and the recipe's fingerprint (a folder only resumes its recipe)
     recipe.yaml           the resolved recipe
-    parent0/ parent1/     model.safetensors (the trained templatized parent), done.json; checkpoint/ while running
-    grown-artifact/       the growth's artifact (growc.load reads it), grow.json (accuracy right after growth)
-    grown/                the continued training's checkpoint and done.json
+    parent0/ parent1/     model.safetensors (the trained templatized parent), done.json (its SHA-256, the history);
+                          checkpoints/epoch-NNNN/ while running (the newest two)
+    grown-artifact/       the growth's artifact (growc.load reads it), grow.json (accuracy right after growth, the
+                          SHA-256 of every artifact file)
+    grown/                the continued training's checkpoints, then model.safetensors and done.json
     final/                the trained grown network as an artifact (growc.load reads it)
     metrics.jsonl, metrics.csv, results.json, results.md, curves.png
 
+A run folder is new, empty, or a run folder of the same recipe; anything else is refused before any work.
+
 Every epoch of every phase is seeded from (seed, phase, epoch) alone: batch order, augmentation and dropout do not
 depend on what ran before, so a run resumed from a checkpoint (model, optimizer state, step, history) ends with the
-same weights as an uninterrupted one. Checkpoints are folders written atomically; killing the process at any
-point loses at most the epochs since the last checkpoint.
+same weights as an uninterrupted one. Checkpoints are folders written atomically, each with a manifest (the SHA-256
+of every file, the fingerprint, phase and epoch) verified on resume; the previous good one is kept, and a damaged
+newest one falls back to it (saying so). Killing the process at any point loses at most the epochs since the last
+checkpoint. Anything growc did not write the way it reads it is a located :class:`~growc.errors.GrowcError`, and a
+disk problem while writing a :class:`~growc.errors.GrowcIOError` naming the path.
 
 Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel (gloo on CPU, nccl on
 GPU): each global batch is split over the ranks, rank 0 alone shows progress and writes outputs, checkpoints hold
@@ -23,15 +30,19 @@ identical).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +51,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from .build import example_input, grow, load, write_artifact
 from .data import Dataset, load_data
-from .errors import GrowcError
-from .io import atomic_directory, atomic_file, atomic_write_text, load_into, load_state_dict, save_tensors, write_json
+from .errors import GrowcError, GrowcIOError
+from .io import atomic_directory, atomic_file, atomic_write_text, load_into, save_tensors, sha256_file
 from .ops import param_groups
 from .recipe import PhaseSpec, RecipeSpec, growth_spec, load_recipe, lr_at
 from .spec import GrowthSpec, load_spec
@@ -106,20 +119,226 @@ def _epoch_seed(seed: int, phase: int, epoch: int) -> int:
     return (seed * 1_000_003 + phase * 10_007 + epoch * 101 + 17) % (2**62)
 
 
+RUN_FORMAT = "growc-run"
+CHECKPOINT_FORMAT = "growc-checkpoint"
+PHASE_FORMAT = "growc-phase"
+GROWTH_FORMAT = "growc-growth"
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "state.json")
+_CHECKPOINT_NAME = re.compile(r"epoch-(\d+)")
+# what growc writes at the top of a run folder: a folder holding any of these (but no run.json) is a damaged run
+_RUN_ENTRY = re.compile(
+    r"recipe\.yaml|parent\d+|grown|grown-artifact|final|metrics\.(jsonl|csv)|results\.(json|md)|curves\.png"
+)
+_RUN_JSON_TMP = ".run.json.tmp-"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HISTORY_NUMBERS = ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+_FLOPS_NUMBERS = ("per_sample", "per_step", "steps", "samples", "ranks", "total")
+
+
 def _fingerprint(recipe: RecipeSpec, spec: GrowthSpec) -> str:
     """What a run folder belongs to: the recipe (but where it writes) and the growth spec it uses, resolved."""
     data = {"recipe": recipe.model_dump(mode="json", exclude={"output"}), "growth": spec.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+# ------------------------------------------------------------------------------- reading what growc wrote, or not
+
+
+class _Damaged(GrowcError):
+    """A checkpoint that fails its integrity check (missing file, bytes unlike the manifest's): an earlier one is
+    used instead, if there is one."""
+
+
+def _json_text(path: Path, raw: bytes) -> Any:
+    """Parse JSON, or say why not (``ValueError`` with the reason)."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _read_json(path: Path, hint: str) -> dict[str, Any]:
+    """A JSON object growc wrote; anything else is a GrowcError naming ``path`` that ends with ``hint``."""
+    try:
+        data = _json_text(path, path.read_bytes())
     except (OSError, ValueError) as error:
-        raise GrowcError(f"'{path}' is damaged ({error}): delete it (or its phase folder) to redo that part") from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise GrowcError(f"'{path}' is damaged ({reason}): {hint}") from None
     if not isinstance(data, dict):
-        raise GrowcError(f"'{path}' is damaged (not a JSON object): delete it (or its phase folder) to redo that part")
+        raise GrowcError(f"'{path}' is damaged (not a JSON object): {hint}")
     return data
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass
+class _Fields:
+    """Typed reads of one JSON file growc wrote: every problem is a GrowcError naming the file and the key."""
+
+    path: Path
+    hint: str
+
+    def error(self, key: str, problem: str) -> GrowcError:
+        return GrowcError(f"'{self.path}', key '{key}': {problem}; {self.hint}")
+
+    def get(self, data: Any, key: str, kind: str, prefix: str = "") -> Any:
+        name = prefix + key
+        if not isinstance(data, dict) or key not in data:
+            raise self.error(name, "missing")
+        value = data[key]
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "str": isinstance(value, str),
+            "list": isinstance(value, list),
+            "object": isinstance(value, dict),
+            "sha256": isinstance(value, str) and _SHA256.fullmatch(value) is not None,
+        }[kind]
+        if not ok:
+            what = {"int": "an integer", "number": "a number", "str": "a string", "list": "a list",
+                    "object": "an object", "sha256": "a SHA-256 (64 hex digits)"}[kind]  # fmt: skip
+            raise self.error(name, f"expected {what}, got {_show(value)}")
+        return value
+
+    def equal(self, data: Any, key: str, kind: str, want: Any, problem: str | None = None) -> Any:
+        value = self.get(data, key, kind)
+        if value != want:
+            raise self.error(key, problem or f"{_show(value)}, expected {_show(want)}")
+        return value
+
+    def history(self, data: Any, phase: str, length: int, problem: str) -> list[dict[str, Any]]:
+        """``data``'s history: ``length`` entries of ``phase``'s epochs (``problem`` says so, with ``{n}`` for the
+        count found)."""
+        history = self.get(data, "history", "list")
+        if len(history) != length:
+            raise self.error("history", problem.format(n=len(history)))
+        for i, entry in enumerate(history):
+            prefix = f"history[{i}]."
+            if self.get(entry, "phase", "str", prefix) != phase:
+                raise self.error(prefix + "phase", f"{_show(entry['phase'])}, expected {_show(phase)}")
+            if self.get(entry, "epoch", "int", prefix) != i + 1:
+                raise self.error(prefix + "epoch", f"{entry['epoch']}, expected {i + 1}")
+            for key in _HISTORY_NUMBERS:
+                self.get(entry, key, "number", prefix)
+        return history
+
+
+def _read_verified(path: Path, digest: str, what: str) -> bytes:
+    """``path``'s bytes, which must have SHA-256 ``digest`` (recorded in ``what``)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GrowcError(f"'{path}' is missing") from None
+    except OSError as error:
+        raise GrowcIOError(f"cannot read '{path}': {error.strerror or error}", path=str(path)) from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise GrowcError(f"'{path}' does not match its SHA-256 in '{what}'")
+    return data
+
+
+def _tensors(path: Path, data: bytes, hint: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise GrowcError(f"'{path}' is not a valid safetensors file ({error}); {hint}") from None
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A disk problem (read-only folder, full disk, safetensors' write error) while writing ``path`` becomes a
+    :class:`~growc.errors.GrowcIOError` naming it; growc's own errors pass through."""
+    try:
+        yield
+    except GrowcError:
+        raise
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise GrowcIOError(
+            f"cannot write '{path}': {reason}; free some space or fix the permissions, then rerun the same command "
+            "to resume",
+            path=str(path),
+        ) from error
+    except SafetensorError as error:
+        raise GrowcIOError(
+            f"cannot write '{path}': {error}; free some space or fix the permissions, then rerun the same command to "
+            "resume",
+            path=str(path),
+        ) from error
+
+
+def _discard(path: Path) -> None:
+    """Delete ``path`` (a folder or a file): renamed to a hidden name first, so that a kill halfway through never
+    leaves a half-deleted checkpoint under a checkpoint's name."""
+    if path.name.startswith(".trash-"):
+        trash = path
+    else:
+        trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{next(_TRASH)}")
+        os.rename(path, trash)
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
+
+
+_TRASH = itertools.count()
+
+
+def _write_run_json(out: Path, data: dict[str, Any]) -> None:
+    """run.json, through a temporary file (``.run.json.tmp-PID``, which a new run folder may hold) and a rename."""
+    run = out / "run.json"
+    tmp = out / f"{_RUN_JSON_TMP}{os.getpid()}"
+    with _writing(run):
+        with open(tmp, "w") as handle:
+            handle.write(json.dumps(data, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, run)
+    for stale in out.glob(f"{_RUN_JSON_TMP}*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _inspect_run_folder(out: Path) -> dict[str, Any] | None:
+    """``out``'s run.json when it is a growc run folder; None when it is new or empty; otherwise a GrowcError."""
+    refuse = f"refusing to use '{out}' as the run folder"
+    if not os.path.lexists(out):
+        return None
+    if not out.is_dir():
+        raise GrowcError(f"{refuse}: it is a file, not a folder; pass a new or empty folder (--out or output.folder)")
+    try:
+        entries = [e.name for e in out.iterdir()]
+    except OSError as error:
+        raise GrowcIOError(f"cannot read the run folder '{out}': {error.strerror or error}", path=str(out)) from None
+    run = out / "run.json"
+    if "run.json" in entries:
+        data = _read_json(run, "delete the run folder to start over, or pass another --out")
+        if data.get("format") != RUN_FORMAT or not isinstance(data.get("recipe_sha256"), str):
+            raise GrowcError(
+                f"{refuse}: '{run}' is not a growc run file (no "
+                + f'"format": "{RUN_FORMAT}"'
+                + " with a recipe_sha256); "
+                "pass a new or empty folder (--out or output.folder)"
+            )
+        return data
+    entries = [name for name in entries if not name.startswith(_RUN_JSON_TMP)]
+    if not entries:
+        return None
+    ours = sorted(name for name in entries if _RUN_ENTRY.fullmatch(name))
+    if ours:
+        raise GrowcError(
+            f"{refuse}: it holds growc run files ({', '.join(repr(n) for n in ours)}) but no run.json (deleted?), so "
+            "nothing says which recipe they belong to; delete the folder to start over, or pass another --out"
+        )
+    raise GrowcError(
+        f"{refuse}: it is not empty and is not a growc run folder (no run.json); pass a new or empty folder (--out "
+        "or output.folder)"
+    )
 
 
 # ------------------------------------------------------------------------------------- optimizer state, no pickle
@@ -149,28 +368,70 @@ def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return value
 
 
-def _save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    structure = _flatten(optimizer.state_dict(), "", tensors)
-    with atomic_directory(folder, overwrite=True) as tmp:
-        save_tensors({k: v for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        save_tensors(tensors or {"_": torch.zeros(0)}, tmp / "optimizer.safetensors")
-        write_json(tmp / "optimizer.json", structure)
-        write_json(tmp / "state.json", state)
+def _check_optimizer_state(loaded: Any, optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``loaded`` is not a state dict of ``optimizer`` (same groups, same hyperparameter types, per-parameter
+    tensors of the parameters' shapes and dtypes), or None."""
+    current = optimizer.state_dict()
+    if not isinstance(loaded, dict) or set(loaded) != {"state", "param_groups"}:
+        return "expected the keys 'state' and 'param_groups'"
+    groups = loaded["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(current["param_groups"]):
+        return f"expected {len(current['param_groups'])} parameter groups"
+    number = (int, float)
+    for i, (group, want) in enumerate(zip(groups, current["param_groups"], strict=True)):
+        if not isinstance(group, dict) or set(group) != set(want) or group["params"] != want["params"]:
+            return f"parameter group {i} is not this optimizer's"
+        for key, value in want.items():
+            got = group[key]
+            same = type(got) is type(value) or (isinstance(got, number) and isinstance(value, number))
+            if isinstance(value, (list, tuple)):  # e.g. AdamW's betas: a tuple, a list after JSON
+                same = isinstance(got, (list, tuple)) and len(got) == len(value)
+                same = same and all(isinstance(v, number) and not isinstance(v, bool) for v in got)
+            if not same or isinstance(got, bool) != isinstance(value, bool):
+                return f"parameter group {i}: '{key}' is {_show(got)}"
+    params = {
+        index: param
+        for group, want in zip(optimizer.param_groups, current["param_groups"], strict=True)
+        for index, param in zip(want["params"], group["params"], strict=True)
+    }
+    state = loaded["state"]
+    if not isinstance(state, dict):
+        return "'state' is not a mapping"
+    for index, entry in state.items():
+        if index not in params or not isinstance(entry, dict):
+            return f"state of parameter {_show(index)} is not this optimizer's"
+        param = params[index]
+        for key, value in entry.items():
+            if not isinstance(key, str):
+                return f"parameter {index}: key {_show(key)}"
+            if isinstance(value, torch.Tensor):
+                if key == "step":
+                    if value.numel() != 1:
+                        return f"parameter {index}: 'step' has {value.numel()} values"
+                elif value.shape != param.shape or value.dtype != param.dtype:
+                    return f"parameter {index}: '{key}' has shape {list(value.shape)} and dtype {value.dtype}"
+            elif not isinstance(value, number) or isinstance(value, bool):
+                return f"parameter {index}: '{key}' is {_show(value)}"
+    return None
 
 
-def _load_checkpoint(
-    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-) -> dict[str, Any]:
-    try:
-        state = json.loads((folder / "state.json").read_text())
-        structure = json.loads((folder / "optimizer.json").read_text())
-    except (OSError, ValueError) as error:
-        raise GrowcError(f"checkpoint '{folder}' is damaged: {error}; delete it to restart this phase") from None
-    load_into(model, load_state_dict(folder / "model.safetensors"), f"checkpoint '{folder}'")
-    tensors = {k: v.to(device) for k, v in load_state_dict(folder / "optimizer.safetensors").items()}
-    optimizer.load_state_dict(_unflatten(structure, tensors))
-    return state
+@dataclass
+class _Checkpoint:
+    """A checkpoint read and verified (not yet applied to the model and optimizer)."""
+
+    folder: Path
+    epoch: int
+    history: list[dict[str, Any]]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+
+    def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        load_into(model, self.model, f"checkpoint '{self.folder / 'model.safetensors'}'")
+        try:
+            optimizer.load_state_dict(self.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:
+            path = self.folder / "optimizer.json"
+            raise GrowcError(f"'{path}': not an optimizer state growc wrote for this model ({error})") from None
 
 
 # ---------------------------------------------------------------------------------------------------- FLOPs
@@ -213,6 +474,7 @@ class _Loop:
         every: int = 1,
         stop_after: int | None = None,
         progress: bool = True,
+        fingerprint: str = "",
     ) -> None:
         self.data = data
         self.seed = seed
@@ -220,7 +482,9 @@ class _Loop:
         self.every = every
         self.stop_after = stop_after
         self.progress = progress
+        self.fingerprint = fingerprint  # the recipe's: every checkpoint and finished phase records it
         self.epochs_run = 0
+        self.good: Path | None = None  # the running phase's newest good checkpoint (kept when the next is written)
         self.dist, self.started_dist = _setup_distributed()
 
     def on_epoch(self, history: list[dict[str, Any]]) -> None:
@@ -265,10 +529,11 @@ class _Loop:
         self, name: str, index: int, model: nn.Module, phase: PhaseSpec, folder: Path | None = None
     ) -> dict[str, Any]:
         """Train ``model`` for ``phase``; with ``folder``, checkpoint there, resume from it, and record the result."""
-        done = folder / "done.json" if folder is not None else None
-        if folder is not None and done is not None and done.is_file():
-            record = _read_json(done)
-            load_into(model, load_state_dict(folder / "model.safetensors"), f"'{folder / 'model.safetensors'}'")
+        if folder is not None and os.path.lexists(folder / "done.json"):
+            record = self._reuse_phase(folder, name, phase, model)
+            if self.dist.main and os.path.lexists(folder / "checkpoints"):  # killed before it deleted them
+                with contextlib.suppress(OSError):
+                    _discard(folder / "checkpoints")
             return record
         device = self.dist.device
         model.to(device)
@@ -285,11 +550,12 @@ class _Loop:
         seen = min(self.data.train_size, per_epoch * phase.batch_size)  # a last batch smaller than the ranks is dropped
         history: list[dict[str, Any]] = []
         start = 0
-        checkpoint = folder / "checkpoint" if folder is not None else None
-        if checkpoint is not None and (checkpoint / "state.json").is_file():
-            state = _load_checkpoint(checkpoint, model, optimizer, device)
-            start, history = int(state["epoch"]), list(state["history"])
-            self.log(f"{name}: resuming after epoch {start} from {checkpoint}")
+        checkpoints = folder / "checkpoints" if folder is not None else None
+        self.good = None
+        if checkpoints is not None:
+            resumed = self._resume(checkpoints, name, phase, model, optimizer)
+            if resumed is not None:
+                start, history = resumed.epoch, resumed.history
         net: nn.Module = model
         if self.dist.world > 1:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -351,8 +617,8 @@ class _Loop:
             last = epoch + 1 == phase.epochs
             stopping = self.stop_after is not None and self.epochs_run >= self.stop_after
             due = (epoch + 1) % self.every == 0 or stopping
-            if checkpoint is not None and self.dist.main and not last and due:
-                _save_checkpoint(checkpoint, model, optimizer, {"phase": name, "epoch": epoch + 1, "history": history})
+            if checkpoints is not None and self.dist.main and not last and due:
+                self._save_checkpoint(checkpoints, name, epoch + 1, model, optimizer, history)
             self.on_epoch(history)
             self.dist.barrier()
         record = {
@@ -370,14 +636,202 @@ class _Loop:
             },
             "test_acc": history[-1]["test_acc"] if history else self.evaluate(model)[1],
         }
-        if folder is not None and done is not None and checkpoint is not None and self.dist.main:
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_file(folder / "model.safetensors") as tmp:
-                save_tensors(dict(model.state_dict()), tmp)
-            atomic_write_text(done, json.dumps(record, indent=2) + "\n")
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        if folder is not None and self.dist.main:
+            self._finish_phase(folder, model, record)
         self.dist.barrier()
         return record
+
+    # -- checkpoints and finished phases, verified
+    def _checkpoint_hint(self, checkpoints: Path) -> str:
+        return f"delete '{checkpoints}' to restart this phase"
+
+    def _save_checkpoint(
+        self,
+        checkpoints: Path,
+        name: str,
+        epoch: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        history: list[dict[str, Any]],
+    ) -> None:
+        """Write ``checkpoints/epoch-NNNN`` atomically, with its manifest; then keep only it and the previous good
+        one."""
+        dest = checkpoints / f"epoch-{epoch:04d}"
+        tensors: dict[str, torch.Tensor] = {}
+        structure = _flatten(optimizer.state_dict(), "", tensors)
+        state = {"phase": name, "epoch": epoch, "history": history}
+        with _writing(dest):
+            if os.path.lexists(dest):  # a damaged one, from before the fallback to an earlier checkpoint
+                _discard(dest)
+            with atomic_directory(dest) as tmp:
+                save_tensors(dict(model.state_dict()), tmp / "model.safetensors")
+                save_tensors(tensors or {"_": torch.zeros(0)}, tmp / "optimizer.safetensors")
+                (tmp / "optimizer.json").write_text(json.dumps(structure) + "\n")
+                (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+                files = {n: sha256_file(tmp / n) for n in CHECKPOINT_FILES}
+                manifest = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "phase": name,
+                            "epoch": epoch, "files": files}  # fmt: skip
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        keep = {dest.name} | ({self.good.name} if self.good is not None else set())
+        self.good = dest
+        for entry in list(checkpoints.iterdir()):  # older ones, damaged ones, leftovers of killed writers
+            if entry.name not in keep:
+                with contextlib.suppress(OSError):
+                    _discard(entry)
+
+    def _resume(
+        self, checkpoints: Path, name: str, phase: PhaseSpec, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> _Checkpoint | None:
+        """Load the newest good checkpoint into ``model`` and ``optimizer`` (saying which were damaged); None when
+        there is none at all; a GrowcError when all of them are damaged or one is inconsistent."""
+        if not os.path.lexists(checkpoints):
+            return None
+        try:
+            names = [entry.name for entry in checkpoints.iterdir()]
+        except OSError as error:
+            raise GrowcIOError(
+                f"cannot read '{checkpoints}': {error.strerror or error}", path=str(checkpoints)
+            ) from None
+        found = sorted(
+            ((int(m.group(1)), checkpoints / n) for n in names if (m := _CHECKPOINT_NAME.fullmatch(n))), reverse=True
+        )
+        damaged: list[tuple[Path, str]] = []
+        for epoch, folder in found:
+            try:
+                checkpoint = self._read_checkpoint(folder, epoch, name, phase, optimizer)
+            except _Damaged as why:
+                damaged.append((folder, str(why)))
+                continue
+            for bad, why in damaged:
+                self.log(f"{name}: checkpoint '{bad}' is damaged ({why}); resuming from the previous one, '{folder}'")
+            checkpoint.apply(model, optimizer)
+            self.good = folder
+            self.log(f"{name}: resuming after epoch {checkpoint.epoch} from {folder}")
+            return checkpoint
+        if damaged:
+            listed = "; ".join(f"'{bad}' ({why})" for bad, why in damaged)
+            raise GrowcError(
+                f"{name}: no good checkpoint in '{checkpoints}': {listed}; {self._checkpoint_hint(checkpoints)}"
+            )
+        return None
+
+    def _read_checkpoint(
+        self, folder: Path, epoch: int, name: str, phase: PhaseSpec, optimizer: torch.optim.Optimizer
+    ) -> _Checkpoint:
+        """Read and verify one checkpoint folder: ``_Damaged`` when a file is missing or its bytes are not the ones
+        its manifest records; a GrowcError naming the file and the key when it verifies but disagrees."""
+        hint = self._checkpoint_hint(folder.parent)
+        if not folder.is_dir():
+            raise _Damaged("it is not a folder")
+        manifest_path = folder / "manifest.json"
+        try:
+            manifest = _json_text(manifest_path, manifest_path.read_bytes())
+        except FileNotFoundError:
+            raise _Damaged("'manifest.json' is missing") from None
+        except (OSError, ValueError) as error:
+            raise _Damaged(f"'manifest.json' cannot be read: {error}") from None
+        m = _Fields(manifest_path, hint)
+        if not isinstance(manifest, dict):
+            raise _Damaged("'manifest.json' is not a JSON object")
+        m.equal(manifest, "format", "str", CHECKPOINT_FORMAT)
+        m.equal(manifest, "fingerprint", "str", self.fingerprint,
+                "this checkpoint belongs to another recipe (or to this one before an edit)")  # fmt: skip
+        m.equal(manifest, "phase", "str", name)
+        m.equal(manifest, "epoch", "int", epoch, f"{manifest.get('epoch')!r}, but the folder is {folder.name}")
+        files = m.get(manifest, "files", "object")
+        raw: dict[str, bytes] = {}
+        for file in CHECKPOINT_FILES:
+            digest = m.get(files, file, "sha256", "files.")
+            try:
+                raw[file] = (folder / file).read_bytes()
+            except FileNotFoundError:
+                raise _Damaged(f"'{file}' is missing") from None
+            except OSError as error:
+                raise _Damaged(f"'{file}' cannot be read: {error.strerror or error}") from None
+            if hashlib.sha256(raw[file]).hexdigest() != digest:
+                raise _Damaged(f"'{file}' does not match its SHA-256 in manifest.json")
+        # the bytes are the ones written: from here on a problem is an inconsistency, refused
+        state_path = folder / "state.json"
+        try:
+            state = _json_text(state_path, raw["state.json"])
+        except ValueError as error:
+            raise GrowcError(f"'{state_path}' is not valid JSON: {error}; {hint}") from None
+        f = _Fields(state_path, hint)
+        f.equal(state, "phase", "str", name)
+        start = f.get(state, "epoch", "int")
+        if not 0 <= start <= phase.epochs:
+            raise f.error("epoch", f"{start} is outside 0..{phase.epochs} (the phase's epochs)")
+        f.equal(state, "epoch", "int", epoch, f"{start}, but manifest.json says {epoch}")
+        history = f.history(state, name, start, f"{{n}} entries for epoch {start}")
+        model_tensors = _tensors(folder / "model.safetensors", raw["model.safetensors"], hint)
+        device = self.dist.device
+        optimizer_tensors = {
+            k: v.to(device)
+            for k, v in _tensors(folder / "optimizer.safetensors", raw["optimizer.safetensors"], hint).items()
+        }
+        structure_path = folder / "optimizer.json"
+        try:
+            structure = _unflatten(_json_text(structure_path, raw["optimizer.json"]), optimizer_tensors)
+        except ValueError as error:
+            if str(error) == "nested too deeply" or isinstance(error, json.JSONDecodeError):
+                raise GrowcError(f"'{structure_path}' is not valid JSON: {error}; {hint}") from None
+            structure, problem = None, repr(error)
+        except (KeyError, TypeError, IndexError, AttributeError, RecursionError) as error:
+            structure, problem = None, repr(error)
+        else:
+            problem = _check_optimizer_state(structure, optimizer)
+        if problem is not None:
+            raise GrowcError(
+                f"'{structure_path}': not an optimizer state growc wrote for this model ({problem}); {hint}"
+            )
+        return _Checkpoint(folder, start, history, model_tensors, structure)
+
+    def _finish_phase(self, folder: Path, model: nn.Module, record: dict[str, Any]) -> None:
+        """The phase's weights and done.json (which records their SHA-256 and the fingerprint); then its checkpoints
+        go."""
+        weights = folder / "model.safetensors"
+        with _writing(weights):
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_file(weights) as tmp:
+                save_tensors(dict(model.state_dict()), tmp)
+                digest = sha256_file(tmp)
+        done = folder / "done.json"
+        payload = {"format": PHASE_FORMAT, "fingerprint": self.fingerprint, **record,
+                   "files": {"model.safetensors": digest}}  # fmt: skip
+        with _writing(done):
+            atomic_write_text(done, json.dumps(payload, indent=2) + "\n")
+        if os.path.lexists(folder / "checkpoints"):
+            with contextlib.suppress(OSError):
+                _discard(folder / "checkpoints")
+
+    def _reuse_phase(self, folder: Path, name: str, phase: PhaseSpec, model: nn.Module) -> dict[str, Any]:
+        """A finished phase's record, its weights verified against done.json and loaded into ``model``."""
+        done = folder / "done.json"
+        hint = f"delete '{folder}' to train this phase again"
+        data = _read_json(done, hint)
+        f = _Fields(done, hint)
+        f.equal(data, "format", "str", PHASE_FORMAT)
+        f.equal(data, "fingerprint", "str", self.fingerprint,
+                "this phase belongs to another recipe (or to this one before an edit)")  # fmt: skip
+        f.equal(data, "phase", "str", name)
+        f.equal(data, "epochs", "int", phase.epochs)
+        f.history(data, name, phase.epochs, f"{{n}} entries for {phase.epochs} epochs")
+        if f.get(data, "params", "int") < 0:
+            raise f.error("params", f"{data['params']} is negative")
+        flops = f.get(data, "flops", "object")
+        for key in _FLOPS_NUMBERS:
+            f.get(flops, key, "number", "flops.")
+        f.get(data, "test_acc", "number")
+        digest = f.get(f.get(data, "files", "object"), "model.safetensors", "sha256", "files.")
+        weights = folder / "model.safetensors"
+        try:
+            raw = _read_verified(weights, digest, str(done))
+        except GrowcIOError:
+            raise
+        except GrowcError as error:
+            raise GrowcError(f"{error}: it changed after the phase finished; {hint}") from None
+        load_into(model, _tensors(weights, raw, hint), f"'{weights}'")
+        return {k: data[k] for k in ("phase", "epochs", "history", "params", "flops", "test_acc")}
 
 
 class _Trainer(_Loop):
@@ -387,6 +841,9 @@ class _Trainer(_Loop):
         self.recipe = recipe
         self.out = out
         self.spec = growth_spec(recipe)
+        fingerprint = _fingerprint(recipe, self.spec)
+        self._check_run_folder(fingerprint)  # before any work: loading the data, creating a folder
+        self.records: dict[str, dict[str, Any]] = {}  # the finished phases' records, by name
         data = load_data(recipe.data, recipe.base_dir)
         super().__init__(
             data,
@@ -395,7 +852,18 @@ class _Trainer(_Loop):
             every=recipe.checkpoint.every,
             stop_after=stop_after,
             progress=progress,
+            fingerprint=fingerprint,
         )
+
+    def _check_run_folder(self, fingerprint: str) -> bool:
+        """Whether ``self.out`` is already this recipe's run folder (False: new or empty); anything else is refused."""
+        recorded = _inspect_run_folder(self.out)
+        if recorded is not None and recorded["recipe_sha256"] != fingerprint:
+            raise GrowcError(
+                f"refusing to use '{self.out}' as the run folder: it holds a run of a different recipe (or of this "
+                "one, or its growth spec, before an edit): pass another --out, or delete the folder to start over"
+            )
+        return recorded is not None
 
     def on_epoch(self, history: list[dict[str, Any]]) -> None:
         self.write_metrics(history)
@@ -403,19 +871,17 @@ class _Trainer(_Loop):
     def write_metrics(self, current: list[dict[str, Any]]) -> None:
         if not self.dist.main:
             return
-        rows = []
-        for name in self.phase_names():
-            done = self.out / name / "done.json"
-            if done.is_file():
-                rows += _read_json(done).get("history", [])
+        rows = [row for name in self.phase_names() if name in self.records for row in self.records[name]["history"]]
         rows += current
-        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        with _writing(self.out / "metrics.jsonl"):
+            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         buffer = io.StringIO()
         fields = ["phase", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
         writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
+        with _writing(self.out / "metrics.csv"):
+            atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
 
     def phase_names(self) -> list[str]:
         return [f"parent{i}" for i in range(len(self.spec.parents))] + ["grown"]
@@ -424,7 +890,8 @@ class _Trainer(_Loop):
         from .build import _template_options, build_parent
         from .passes import templatize
 
-        self.out.mkdir(parents=True, exist_ok=True)
+        with _writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
         self._claim_folder()
         spec, x = self.spec, example_input(self.spec)
         parents = []
@@ -439,62 +906,113 @@ class _Trainer(_Loop):
                     ("parents", i, "kwargs"),
                     f"parent {i} outputs {classes} classes; {self.recipe.data.name} has {self.data.num_classes}",
                 )
-            parents.append(self.train_phase(f"parent{i}", i, model, self.recipe.parents, self.out / f"parent{i}"))
+            name = f"parent{i}"
+            parents.append(self.train_phase(name, i, model, self.recipe.parents, self.out / name))
+            self.records[name] = parents[-1]
         grown_spec = spec.model_copy(deep=True)
         grown_spec._doc = spec._doc
         for i, parent in enumerate(grown_spec.parents):
-            parent.weights = str((self.out / f"parent{i}" / "model.safetensors").resolve())
+            parent.weights = str(self.out / f"parent{i}" / "model.safetensors")
         artifact = self.out / "grown-artifact"
-        if self.dist.main and not (artifact / "grow.json").is_file():
-            grow(grown_spec, artifact, overwrite=True)
-        self.dist.barrier()
-        model = load(artifact, trust_code=True).to(self.dist.device)  # this run's own artifact
-        if (artifact / "grow.json").is_file():
-            growth = _read_json(artifact / "grow.json")
+        if os.path.lexists(artifact / "grow.json"):  # every rank decides before rank 0 can write it
+            growth = self._reuse_growth(artifact)
+            model = load(artifact, trust_code=True).to(self.dist.device)  # this run's own artifact, verified
         else:
+            if self.dist.main:
+                with _writing(artifact):
+                    grow(grown_spec, artifact, overwrite=True)  # replaces one a killed run left without grow.json
+            self.dist.barrier()
+            model = load(artifact, trust_code=True).to(self.dist.device)
             loss, acc = self.evaluate(model)
             growth = {"test_loss": loss, "test_acc": acc, "params": sum(p.numel() for p in model.parameters())}
             if self.dist.main:
-                atomic_write_text(artifact / "grow.json", json.dumps(growth, indent=2) + "\n")
+                self._record_growth(artifact, growth)
         index = len(spec.parents)
         grown = self.train_phase("grown", index, model, self.recipe.grown, self.out / "grown")
+        self.records["grown"] = grown
         final = self.out / "final"
         saved = load_spec(artifact / "spec.yaml")
         if self.dist.main and not (final / "report.json").is_file():  # a finished run's final artifact stays
             report = {"trained": {"recipe": str(self.recipe.doc.file), "phase": grown}, "name": saved.name}
             report = _artifact_report(artifact, report)
-            write_artifact(final, saved, model.cpu(), example_input(saved), report, overwrite=True)
+            with _writing(final):
+                write_artifact(final, saved, model.cpu(), example_input(saved), report, overwrite=True)
             model.to(self.dist.device)
         results = self._results(parents, growth, grown, model)
         if self.dist.main:
-            write_json(self.out / "results.json", results)
-            atomic_write_text(self.out / "results.md", format_results(results) + "\n")
+            with _writing(self.out / "results.json"):
+                atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+            with _writing(self.out / "results.md"):
+                atomic_write_text(self.out / "results.md", format_results(results) + "\n")
             self.write_metrics([])
-            _plot(self.out, results)
+            with _writing(self.out / "curves.png"):
+                _plot(self.out, results)
         self.dist.barrier()
         return results
+
+    def _growth_files(self, artifact: Path) -> dict[str, str]:
+        return {p.name: sha256_file(p) for p in sorted(artifact.iterdir()) if p.is_file() and p.name != "grow.json"}
+
+    def _parent_digests(self) -> list[str]:
+        return [sha256_file(self.out / f"parent{i}" / "model.safetensors") for i in range(len(self.spec.parents))]
+
+    def _record_growth(self, artifact: Path, growth: dict[str, Any]) -> None:
+        """grow.json: the accuracy right after growth, the fingerprint, the parents' and every artifact file's
+        SHA-256."""
+        path = artifact / "grow.json"
+        payload = {"format": GROWTH_FORMAT, "fingerprint": self.fingerprint, **growth,
+                   "parents": self._parent_digests(), "files": self._growth_files(artifact)}  # fmt: skip
+        with _writing(path):
+            atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+    def _reuse_growth(self, artifact: Path) -> dict[str, Any]:
+        """The growth's record, after checking that grow.json is this recipe's, made from these parents, and that
+        every artifact file is the one it records."""
+        path = artifact / "grow.json"
+        hint = f"delete '{artifact}' to grow again"
+        data = _read_json(path, hint)
+        f = _Fields(path, hint)
+        f.equal(data, "format", "str", GROWTH_FORMAT)
+        f.equal(data, "fingerprint", "str", self.fingerprint,
+                "this growth belongs to another recipe (or to this one before an edit)")  # fmt: skip
+        f.get(data, "test_loss", "number")
+        f.get(data, "test_acc", "number")
+        f.get(data, "params", "int")
+        parents = f.get(data, "parents", "list")
+        if parents != self._parent_digests():
+            raise f.error("parents", "the growth was made from other parent weights than the run's")
+        files = f.get(data, "files", "object")
+        for name in files:
+            digest = f.get(files, name, "sha256", "files.")
+            if "/" in name or name in ("", ".", ".."):
+                raise f.error(f"files.{name}", "not a file of the artifact")
+            try:
+                _read_verified(artifact / name, digest, str(path))
+            except GrowcIOError:
+                raise
+            except GrowcError as error:
+                raise GrowcError(f"{error}: the growth's artifact changed after it was written; {hint}") from None
+        return {k: data[k] for k in ("test_loss", "test_acc", "params")}
 
     def _claim_folder(self) -> None:
         """Start a run folder, or check that it holds this recipe's run. Every rank reads before rank 0 writes (no
         rank can see a half-claimed folder), and all of them agree on the outcome."""
-        fingerprint = _fingerprint(self.recipe, self.spec)
-        run = self.out / "run.json"
         self.dist.barrier()
-        recorded = _read_json(run).get("recipe_sha256") if run.is_file() else None
+        claimed = self._check_run_folder(self.fingerprint)
         self.dist.barrier()
-        if recorded is not None and recorded != fingerprint:
-            raise GrowcError(
-                f"run folder '{self.out}' holds a run of a different recipe (or of this one, or its growth spec, "
-                "before an edit): pass another --out, or delete the folder to start over"
-            )
-        if recorded is None and self.dist.main:
+        if self.dist.main:
             from . import __version__
 
-            atomic_write_text(
-                self.out / "recipe.yaml",
-                yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False, default_flow_style=None),
-            )
-            write_json(run, {"recipe_sha256": fingerprint, "growc": __version__, "recipe": str(self.recipe.doc.file)})
+            if not claimed:  # run.json first: from then on the folder is this recipe's
+                run = {"format": RUN_FORMAT, "recipe_sha256": self.fingerprint, "growc": __version__,
+                       "recipe": str(self.recipe.doc.file)}  # fmt: skip
+                _write_run_json(self.out, run)
+            if not (self.out / "recipe.yaml").is_file():
+                with _writing(self.out / "recipe.yaml"):
+                    atomic_write_text(
+                        self.out / "recipe.yaml",
+                        yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False, default_flow_style=None),
+                    )
         self.dist.barrier()
 
     def _results(
@@ -535,7 +1053,7 @@ class _Trainer(_Loop):
 
 
 def _artifact_report(artifact: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    report = json.loads((artifact / "report.json").read_text())
+    report = _read_json(artifact / "report.json", f"delete '{artifact}' to grow again")
     keep = {k: report[k] for k in ("parents", "steps", "params", "inputs", "seconds") if k in report}
     return {**keep, **extra}
 
@@ -619,7 +1137,10 @@ def train(
     that many epochs (raising :class:`StoppedEarly` after checkpointing), e.g. to split a run into time slices.
     """
     recipe = recipe if isinstance(recipe, RecipeSpec) else load_recipe(recipe)
-    folder = Path(out) if out is not None else Path(recipe.output.folder)
+    try:
+        folder = Path(out if out is not None else recipe.output.folder).resolve()  # once: every check applies to it
+    except (OSError, RuntimeError) as error:
+        raise GrowcError(f"cannot resolve the run folder '{out or recipe.output.folder}': {error}") from None
     trainer = _Trainer(recipe, folder, stop_after, progress)
     try:
         return trainer.run()
