@@ -33,6 +33,7 @@ __all__ = [
     "atomic_directory",
     "atomic_file",
     "atomic_write_text",
+    "check_destination",
     "io_error",
     "load_into",
     "load_state_dict",
@@ -107,6 +108,20 @@ def io_error(error: OSError, path: str | os.PathLike[str], doing: str) -> GrowcI
         errno.EROFS: ": the file system is read-only; choose another output",
     }.get(error.errno or -1, "")
     return GrowcIOError(f"{doing} '{path}' failed: {reason}{hint}", path=os.fspath(path))
+
+
+def check_destination(
+    destination: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    replaceable: Callable[[Path], bool] | None = None,
+    what: str = "a folder growc wrote",
+) -> Path:
+    """Resolve ``destination`` and check that :func:`atomic_directory` may publish there (the same rules); return
+    the resolved path. For a quick refusal before long work: the publish checks again."""
+    dest = Path(destination).resolve()
+    _check_destination(dest, overwrite, replaceable or _same_files, what, None)
+    return dest
 
 
 def _check_destination(
