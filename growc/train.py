@@ -149,7 +149,7 @@ class _Damaged(GrowcError):
     used instead, if there is one."""
 
 
-def _json_text(path: Path, raw: bytes) -> Any:
+def _json_text(raw: bytes) -> Any:
     """Parse JSON, or say why not (``ValueError`` with the reason)."""
     try:
         return json.loads(raw.decode("utf-8"))
@@ -160,7 +160,7 @@ def _json_text(path: Path, raw: bytes) -> Any:
 def _read_json(path: Path, hint: str) -> dict[str, Any]:
     """A JSON object growc wrote; anything else is a GrowcError naming ``path`` that ends with ``hint``."""
     try:
-        data = _json_text(path, path.read_bytes())
+        data = _json_text(path.read_bytes())
     except (OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise GrowcError(f"'{path}' is damaged ({reason}): {hint}") from None
@@ -226,16 +226,16 @@ class _Fields:
         return history
 
 
-def _read_verified(path: Path, digest: str, what: str) -> bytes:
-    """``path``'s bytes, which must have SHA-256 ``digest`` (recorded in ``what``)."""
+def _read_verified(path: Path, digest: str, record: Path, hint: str) -> bytes:
+    """``path``'s bytes, which must have the SHA-256 ``digest`` that ``record`` holds for it."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise GrowcError(f"'{path}' is missing") from None
+        raise GrowcError(f"'{path}' is missing ('{record}' records its SHA-256); {hint}") from None
     except OSError as error:
         raise GrowcIOError(f"cannot read '{path}': {error.strerror or error}", path=str(path)) from None
     if hashlib.sha256(data).hexdigest() != digest:
-        raise GrowcError(f"'{path}' does not match its SHA-256 in '{what}'")
+        raise GrowcError(f"'{path}' does not match its SHA-256 in '{record}': it changed after it was written; {hint}")
     return data
 
 
@@ -531,9 +531,11 @@ class _Loop:
         """Train ``model`` for ``phase``; with ``folder``, checkpoint there, resume from it, and record the result."""
         if folder is not None and os.path.lexists(folder / "done.json"):
             record = self._reuse_phase(folder, name, phase, model)
-            if self.dist.main and os.path.lexists(folder / "checkpoints"):  # killed before it deleted them
+            if self.dist.main:  # a run killed before it deleted the checkpoints (or all of their trash)
                 with contextlib.suppress(OSError):
-                    _discard(folder / "checkpoints")
+                    for entry in list(folder.iterdir()):
+                        if entry.name == "checkpoints" or entry.name.startswith(".trash-"):
+                            _discard(entry)
             return record
         device = self.dist.device
         model.to(device)
@@ -674,9 +676,9 @@ class _Loop:
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         keep = {dest.name} | ({self.good.name} if self.good is not None else set())
         self.good = dest
-        for entry in list(checkpoints.iterdir()):  # older ones, damaged ones, leftovers of killed writers
-            if entry.name not in keep:
-                with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # what is left is harmless: only the newest good one is ever used
+            for entry in list(checkpoints.iterdir()):  # older ones, damaged ones, leftovers of killed writers
+                if entry.name not in keep:
                     _discard(entry)
 
     def _resume(
@@ -725,7 +727,7 @@ class _Loop:
             raise _Damaged("it is not a folder")
         manifest_path = folder / "manifest.json"
         try:
-            manifest = _json_text(manifest_path, manifest_path.read_bytes())
+            manifest = _json_text(manifest_path.read_bytes())
         except FileNotFoundError:
             raise _Damaged("'manifest.json' is missing") from None
         except (OSError, ValueError) as error:
@@ -753,7 +755,7 @@ class _Loop:
         # the bytes are the ones written: from here on a problem is an inconsistency, refused
         state_path = folder / "state.json"
         try:
-            state = _json_text(state_path, raw["state.json"])
+            state = _json_text(raw["state.json"])
         except ValueError as error:
             raise GrowcError(f"'{state_path}' is not valid JSON: {error}; {hint}") from None
         f = _Fields(state_path, hint)
@@ -771,12 +773,12 @@ class _Loop:
         }
         structure_path = folder / "optimizer.json"
         try:
-            structure = _unflatten(_json_text(structure_path, raw["optimizer.json"]), optimizer_tensors)
+            parsed = _json_text(raw["optimizer.json"])
         except ValueError as error:
-            if str(error) == "nested too deeply" or isinstance(error, json.JSONDecodeError):
-                raise GrowcError(f"'{structure_path}' is not valid JSON: {error}; {hint}") from None
-            structure, problem = None, repr(error)
-        except (KeyError, TypeError, IndexError, AttributeError, RecursionError) as error:
+            raise GrowcError(f"'{structure_path}' is not valid JSON: {error}; {hint}") from None
+        try:
+            structure = _unflatten(parsed, optimizer_tensors)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as error:
             structure, problem = None, repr(error)
         else:
             problem = _check_optimizer_state(structure, optimizer)
@@ -824,12 +826,7 @@ class _Loop:
         f.get(data, "test_acc", "number")
         digest = f.get(f.get(data, "files", "object"), "model.safetensors", "sha256", "files.")
         weights = folder / "model.safetensors"
-        try:
-            raw = _read_verified(weights, digest, str(done))
-        except GrowcIOError:
-            raise
-        except GrowcError as error:
-            raise GrowcError(f"{error}: it changed after the phase finished; {hint}") from None
+        raw = _read_verified(weights, digest, done, hint)
         load_into(model, _tensors(weights, raw, hint), f"'{weights}'")
         return {k: data[k] for k in ("phase", "epochs", "history", "params", "flops", "test_acc")}
 
@@ -986,12 +983,7 @@ class _Trainer(_Loop):
             digest = f.get(files, name, "sha256", "files.")
             if "/" in name or name in ("", ".", ".."):
                 raise f.error(f"files.{name}", "not a file of the artifact")
-            try:
-                _read_verified(artifact / name, digest, str(path))
-            except GrowcIOError:
-                raise
-            except GrowcError as error:
-                raise GrowcError(f"{error}: the growth's artifact changed after it was written; {hint}") from None
+            _read_verified(artifact / name, digest, path, hint)
         return {k: data[k] for k in ("test_loss", "test_acc", "params")}
 
     def _claim_folder(self) -> None:
