@@ -282,6 +282,15 @@ def _remove_stale(dest: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _remove_stale_files(target: Path) -> None:
+    """Delete the temporary files of killed :func:`atomic_file` writers of ``target`` (their pid is not alive)."""
+    prefix = f".{target.stem}.tmp-"
+    for entry in target.parent.glob(f"{glob.escape(prefix)}*-*{glob.escape(target.suffix)}"):
+        pid = entry.name[len(prefix) :].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -389,7 +398,10 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     _check_file_target(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
+        _remove_stale_files(target)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.stem}.tmp-{os.getpid()}-", suffix=target.suffix, dir=target.parent
+        )
         os.close(fd)
     except OSError as error:
         raise io_error(error, target, "writing") from None

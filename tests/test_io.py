@@ -250,3 +250,10 @@ def test_read_json_refuses_what_growc_did_not_write(tmp_path: Path, content: byt
         read_json(tmp_path / "r.json", "report")
     with pytest.raises(GrowcIOError, match=r"report '.*missing.json' does not exist"):
         read_json(tmp_path / "missing.json", "report")
+
+
+def test_a_killed_file_writers_temporary_is_removed_by_the_next_writer(tmp_path: Path) -> None:
+    (tmp_path / ".metrics.tmp-999999999-abc.jsonl").write_text("debris of a SIGKILLed writer")
+    (tmp_path / f".metrics.tmp-{os.getpid()}-live.jsonl").write_text("a live writer's temporary")
+    atomic_write_text(tmp_path / "metrics.jsonl", "rows\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".metrics.tmp-{os.getpid()}-live.jsonl", "metrics.jsonl"]
