@@ -18,11 +18,20 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils.stateless import _reparametrize_module
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map
 
-from .errors import GrowcError
+from .errors import GrowcDataError, GrowcError
 
-__all__ = ["TensorInfo", "max_abs_rel_error", "propagate_shapes", "run_outputs"]
+__all__ = [
+    "TensorInfo",
+    "check_finite_state",
+    "check_finite_values",
+    "computation_dtype",
+    "exactness_tolerance",
+    "max_abs_rel_error",
+    "propagate_shapes",
+    "run_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -136,8 +145,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[
 
 # Error measure (a *max-norm relative error*), per output leaf ``x`` (reference) and ``y`` (candidate):
 #     max_abs = max |x - y|;  max_rel = max_abs / max |x|  (0 when max_abs == 0)
-# Positions where both values are equal (equal infinities included) or both NaN count as 0; any other NaN/inf
-# mismatch counts as an infinite difference; ``max |x|`` is taken over finite entries.
+# In :func:`max_abs_rel_error` a NaN anywhere (in either) is an infinite difference: NaN is never equal to NaN.
+# Equal infinities count as 0, any other infinity mismatch as an infinite difference; ``max |x|`` is taken over
+# finite entries. (``_leaf_stats`` alone, which growc.testing's assert_same_function uses, counts NaN vs NaN as 0.)
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
@@ -232,6 +242,115 @@ def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
         else:
             if rt.shape != ot.shape:
                 raise ValueError(f"leaf {i}: shapes differ: ref {tuple(rt.shape)} vs out {tuple(ot.shape)}")
+            if _has_nan(rt) or _has_nan(ot):
+                return math.inf, math.inf  # a NaN is never equal to anything, another NaN included
             leaf_abs, leaf_ref = _leaf_stats(rt, ot)
         max_abs, ref_max = max(max_abs, leaf_abs), max(ref_max, leaf_ref)
     return max_abs, _rel(max_abs, ref_max)
+
+
+def _has_nan(t: Tensor) -> bool:
+    return (t.is_floating_point() or t.is_complex()) and bool(t.isnan().any())
+
+
+# ---- exactness tolerances ----------------------------------------------------------------------------------------
+
+#: Units in the last place of the computation's own dtype an exactness check allows: the rounding of every op's
+#: result to that dtype, and ulp flips it propagates (measured: at most ~1 ulp of max-norm relative error for
+#: fused and widened float16/bfloat16 models, WRN and ResNet-18 included).
+STORAGE_ULPS = 8
+#: Units in the last place of the accumulation dtype (float32 for 32-bit and narrower types, whose kernels
+#: accumulate in float32; float64 for float64): a fused or widened layer sums its products in another order than
+#: the parents' layers (measured: at most ~17 ulps over the torchvision zoo in float32, tests/test_zoo.py).
+ACCUMULATION_ULPS = 64
+
+
+def exactness_tolerance(dtype: torch.dtype) -> float:
+    """The max-norm relative error a function-preservation check allows for a computation in ``dtype``.
+
+    ``STORAGE_ULPS * eps(dtype) + ACCUMULATION_ULPS * eps(accumulation dtype)`` (8 and 64 ulps), where ``eps`` is
+    ``torch.finfo(...).eps`` and the accumulation dtype is float64 for float64 (and complex128) and float32 for
+    every narrower floating type: float64 1.6e-14, float32 8.6e-6, float16 7.8e-3, bfloat16 6.3e-2. Integer
+    dtypes compute exactly: 0.
+    """
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return 0.0
+    eps = torch.finfo(dtype).eps
+    accumulation = max(torch.finfo(torch.float64).eps, min(eps, torch.finfo(torch.float32).eps))
+    return STORAGE_ULPS * eps + ACCUMULATION_ULPS * accumulation
+
+
+def computation_dtype(modules: Sequence[nn.Module], outputs: Any = ()) -> torch.dtype:
+    """The least precise floating dtype among the parameters and buffers of ``modules`` and the tensor leaves of
+    ``outputs`` (float32 when there is none): the precision an exactness check on their outputs must allow for."""
+    dtypes = {t.dtype for m in modules for t in (*m.parameters(), *m.buffers())}
+    dtypes |= {t.dtype for t in tree_flatten(outputs)[0] if isinstance(t, Tensor)}
+    floating = [d for d in dtypes if d.is_floating_point or d.is_complex]
+    return max(floating, key=lambda d: torch.finfo(d).eps, default=torch.float32)
+
+
+# ---- non-finite values -------------------------------------------------------------------------------------------
+
+_NORM_STATISTICS = ("running_mean", "running_var")
+
+
+def _nonfinite(t: Tensor) -> str | None:
+    """``"holds 3 NaN and 1 infinite value(s) (of 144)"`` for a tensor with non-finite entries, else None."""
+    return _nonfinite_tree(t)
+
+
+def _nonfinite_tree(values: Any) -> str | None:
+    """Like :func:`_nonfinite`, summed over every tensor leaf of a pytree (Python floats included)."""
+    tensors = [t for t in (_as_tensor(leaf) for leaf in tree_flatten(values)[0]) if t is not None]
+    floating = [t for t in tensors if (t.is_floating_point() or t.is_complex()) and not t.is_meta]
+    if all(bool(torch.isfinite(t).all()) for t in floating):
+        return None
+    nan = sum(int(t.isnan().sum()) for t in floating)
+    inf = sum(int(t.isinf().sum()) for t in floating)
+    counts = " and ".join(part for part in (f"{nan} NaN" * bool(nan), f"{inf} infinite" * bool(inf)) if part)
+    return f"holds {counts} value(s) (of {sum(t.numel() for t in floating)})"
+
+
+def check_finite_state(module: nn.Module, where: str, *, owner: str = "") -> None:
+    """Raise :class:`~growc.errors.GrowcDataError` for the first parameter or buffer of ``module`` that has no data
+    (the meta device) or holds values the passes cannot work with: NaN or infinity in a parameter or in a
+    normalization statistic (``running_mean``/``running_var``), NaN in any other floating buffer (an attention mask
+    buffer may hold ``-inf``, that is what it means). The message starts with ``where`` (the pass) and names the
+    tensor, prefixed by ``owner`` (e.g. ``"parent 1's "``). One ``isfinite`` per tensor: the passes run it once,
+    never a forward."""
+    tensors = [("parameter", name, t) for name, t in module.named_parameters()]
+    tensors += [("buffer", name, t) for name, t in module.named_buffers()]
+    for kind, name, t in tensors:
+        if t.is_meta:
+            raise GrowcDataError(
+                f"{where}: {owner}{kind} '{name}' is on the meta device (no data): the passes need real weights; "
+                "create the model on a real device, or give it weights first (model.to_empty(device='cpu'), then "
+                "load_state_dict)"
+            )
+        if kind == "buffer" and name.rpartition(".")[2] not in _NORM_STATISTICS:
+            if not _has_nan(t):
+                continue
+            problem = f"holds {int(t.isnan().sum())} NaN value(s) (of {t.numel()})"
+        else:
+            problem = _nonfinite(t)
+        if problem is not None:
+            raise GrowcDataError(
+                f"{where}: {owner}{kind} '{name}' {problem}: growc cannot grow a model with non-finite weights or "
+                "statistics (a diverged training run, or an overflow when converting it to a narrower dtype?)"
+            )
+
+
+def check_finite_values(values: Any, where: str, what: str) -> None:
+    """Raise :class:`~growc.errors.GrowcDataError` when a tensor leaf of the pytree ``values`` is on the meta device
+    or holds NaN or infinity; the message names the leaf by its path (``example input [0]``)."""
+    leaves, _ = tree_flatten_with_path(values)
+    single = isinstance(values, Tensor)
+    for path, leaf in leaves:
+        if not isinstance(leaf, Tensor):
+            continue
+        name = what if single else f"{what} {keystr(path)}"
+        if leaf.is_meta:
+            raise GrowcDataError(f"{where}: {name} is on the meta device (no data): the passes need real inputs")
+        problem = _nonfinite(leaf)
+        if problem is not None:
+            raise GrowcDataError(f"{where}: {name} {problem}: the output check needs finite values")
