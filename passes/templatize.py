@@ -31,9 +31,10 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import numbers
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,8 +43,17 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from growc.analysis import max_abs_rel_error, propagate_shapes, run_outputs
-from growc.errors import GrowcConfigError, GrowcPassError
+from growc.analysis import (
+    _nonfinite_tree,
+    check_finite_state,
+    check_finite_values,
+    computation_dtype,
+    exactness_tolerance,
+    max_abs_rel_error,
+    propagate_shapes,
+    run_outputs,
+)
+from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
 from growc.ops import (
     GENERATED_TYPES,
     MixedConv1d,
@@ -62,8 +72,15 @@ __all__ = ["EXACT_TOLERANCE", "layer_matches", "templatable_weights", "templatiz
 Sharing = Literal["layer", "shape", "shape_window"]
 Init = Literal["exact", "svd", "fresh"]
 
-#: ``init="exact"`` with ``verify=True`` raises when the output's max-norm relative error exceeds this.
-EXACT_TOLERANCE = 1e-5
+#: ``init="exact"`` with ``verify=True`` raises when the output's max-norm relative error exceeds
+#: :func:`growc.analysis.exactness_tolerance` of the model's dtype; this is its float32 value.
+EXACT_TOLERANCE = exactness_tolerance(torch.float32)
+
+#: New template banks (and a grown model's generated weights) may take at most this many times the bytes of the
+#: weights they come from, or 1 GiB, whichever is more: a bound on a mistyped ``templates`` or ``factor``, checked
+#: before anything is allocated.
+SIZE_FACTOR = 256
+_SIZE_FLOOR = 2**30
 
 _PLAIN: dict[type[nn.Module], tuple[str, type[nn.Module]]] = {
     nn.Conv1d: ("conv1d", MixedConv1d),
@@ -112,6 +129,8 @@ def _skip_reason(module: nn.Module) -> str | None:
         return "weight is not an nn.Parameter"
     if not module.weight.is_floating_point():
         return f"weight dtype {module.weight.dtype} is not floating point"
+    if module.weight.numel() == 0:
+        return f"zero-sized weight {tuple(module.weight.shape)}: nothing to template"
     if any(getattr(module, hooks, None) for hooks in _HOOKS):
         return "the module has hooks, which a replacement module would not run; left as is"
     return None
@@ -156,6 +175,8 @@ def _leaf_param_reason(owner: nn.Module, attr: str, p: nn.Parameter, aliases: in
         return "already parametrized (torch.nn.utils.parametrize); left as is"
     if not p.is_floating_point():
         return f"dtype {p.dtype} is not floating point"
+    if p.numel() == 0:
+        return f"zero-sized weight {tuple(p.shape)}: nothing to template"
     if aliases > 1:
         return f"reached through {aliases} names inside the leaf module; left as is"
     return None
@@ -260,6 +281,10 @@ def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
             if "bias" in str(node.target).rpartition(".")[2] and accepted and accepted[0][0] in ("param", "matmul"):
                 block(
                     value, "its name", names[id(value)], "a bias (by its name): biases stay per layer, never templated"
+                )
+            elif accepted and value.numel() == 0:
+                block(
+                    value, "its size", names[id(value)], f"zero-sized weight {tuple(value.shape)}: nothing to template"
                 )
             elif accepted and len(accepted) == len(uses) and value.is_floating_point():
                 kind, groups = accepted[0]
@@ -390,7 +415,7 @@ def _kaiming(count: int, shape: tuple[int, ...], fan_in: int, generator: torch.G
 
 
 def _init_bank(
-    stacked: Tensor, shape: tuple[int, ...], fan_in: int, init: str, k: int, generator: torch.Generator
+    stacked: Tensor, shape: tuple[int, ...], fan_in: int, init: str, k: int, generator: torch.Generator, where: str
 ) -> tuple[Tensor, Tensor, dict[str, Any], list[float]]:
     """Templates ``[K, D]``, coefficients ``[L, K]`` (CPU, ``stacked``'s dtype), the bank's report entries and the
     predicted per-layer relative errors, for the weights ``stacked`` ``[L, D]``. Only the SVD runs in float64;
@@ -408,7 +433,13 @@ def _init_bank(
         coefficients[:, :num_layers] = torch.eye(num_layers, dtype=dtype)
         info.update(templates=k_eff, basis="identity", predicted_error=0.0)
     elif init == "svd":
-        u, s, vh = torch.linalg.svd(stacked.to(torch.float64), full_matrices=False)
+        try:
+            u, s, vh = torch.linalg.svd(stacked.to(torch.float64), full_matrices=False)
+        except RuntimeError as error:  # torch.linalg.LinAlgError included
+            raise GrowcPassError(
+                f"templatize(init='svd'): the SVD of {where} failed: {str(error).splitlines()[0]}; init='exact' "
+                "needs no SVD"
+            ) from error
         r = min(k, s.numel())
         templates = torch.cat([(s[:r, None] * vh[:r]).to(dtype), _kaiming(k - r, shape, fan_in, generator, dtype)])
         coefficients = torch.zeros(num_layers, k, dtype=dtype)
@@ -453,14 +484,163 @@ def _relative_errors(diff: Tensor, ref: Tensor) -> tuple[list[float], float]:
     return rows, ratio(float(diff_sq.sum()), float(ref_sq.sum()))
 
 
-def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any], train: bool) -> dict[str, Any]:
+def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any], train: bool, init: str) -> dict[str, Any]:
     mode = "train" if train else "eval"
-    reference, output = run_outputs([model, gm], example_inputs, train=train)
+    (reference,), output = _checked_outputs(
+        "templatize", [("the model", model)], ("templatized model", gm), example_inputs, train, exact=init == "exact"
+    )
+    tolerance = exactness_tolerance(computation_dtype([model], reference))
     try:
         max_abs, max_rel = max_abs_rel_error(reference, output)
     except ValueError as error:  # the outputs' structures or shapes differ
-        return {"max_abs": math.inf, "max_rel": math.inf, "mode": mode, "error": str(error)}
-    return {"max_abs": max_abs, "max_rel": max_rel, "mode": mode}
+        return {"max_abs": math.inf, "max_rel": math.inf, "mode": mode, "tolerance": tolerance, "error": str(error)}
+    return {"max_abs": max_abs, "max_rel": max_rel, "mode": mode, "tolerance": tolerance}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _checked_outputs(
+    where: str,
+    references: Sequence[tuple[str, nn.Module]],
+    candidate: tuple[str, nn.Module],
+    example_inputs: Sequence[Any],
+    train: bool,
+    *,
+    exact: bool,
+) -> tuple[list[Any], Any]:
+    """The references' and the candidate's outputs (see :func:`run_outputs`), with clear errors: a reference that
+    fails on the inputs is the caller's (``GrowcConfigError``), a candidate that fails is the pass's
+    (``GrowcPassError``); a non-finite reference output cannot be compared (``GrowcDataError``), nor a non-finite
+    candidate output of a lossy pass (an exact one fails its tolerance check instead)."""
+    outputs = []
+    for label, module in references:
+        try:
+            (out,) = run_outputs([module], example_inputs, train=train)
+        except GrowcError:
+            raise
+        except Exception as error:
+            raise GrowcConfigError(
+                f"{where}: {label} fails on the example inputs ({_first_line(error)}); do they fit the model?"
+            ) from error
+        problem = _nonfinite_tree(out)
+        if problem is not None:
+            dtype = str(computation_dtype([module], out)).removeprefix("torch.")
+            raise GrowcDataError(
+                f"{where}: {label}'s output on the example inputs {problem}, with finite weights and inputs: the "
+                f"output check cannot compare non-finite values (an overflow in {dtype}?); pass verify=False to skip it"
+            )
+        outputs.append(out)
+    label, module = candidate
+    try:
+        (out,) = run_outputs([module], example_inputs, train=train)
+    except GrowcError:
+        raise
+    except Exception as error:
+        raise GrowcPassError(
+            f"{where}: the {label} fails on the example inputs, which the model runs on ({_first_line(error)}). "
+            "Please report this model"
+        ) from error
+    problem = None if exact else _nonfinite_tree(out)
+    if problem is not None:
+        raise GrowcDataError(
+            f"{where}: the {label}'s output on the example inputs {problem}, while the model's is finite: its new "
+            "weights overflow; try another init or a wider dtype"
+        )
+    return outputs, out
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise GrowcConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_seed(seed: Any, span: int = 1) -> int:
+    """A seed for ``torch.Generator.manual_seed``; ``span`` seeds ``seed, seed + 1, ...`` are drawn from it."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= 2**63 - span:
+        raise GrowcConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)
+
+
+def _check_module(where: str, model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise GrowcConfigError(f"{where} takes an nn.Module, got {type(model).__name__}")
+
+
+def _example_inputs(where: str, example_inputs: Any) -> tuple[Any, ...]:
+    """``example_inputs`` as a tuple, refused when it is not a tuple or list (a bare tensor would be split into
+    its rows), holds a meta tensor or a non-finite value."""
+    if not isinstance(example_inputs, (tuple, list)):
+        got = "a Tensor" if isinstance(example_inputs, Tensor) else type(example_inputs).__name__
+        raise GrowcConfigError(
+            f"{where}: example_inputs must be a tuple or list of the model's positional inputs, e.g. (x,); got {got}"
+        )
+    inputs = tuple(example_inputs)
+    check_finite_values(list(inputs), where, "example input")
+    return inputs
+
+
+_TEMPLATIZE_OPTIONS = ("sharing", "templates", "init", "window", "leaf_modules", "autowrap_functions", "concrete_args")
+_TEMPLATIZE_OPTIONS += ("layers",)
+
+
+def _templatize_options(where: str, options: Any) -> dict[str, Any]:
+    """A growth pass's ``templatize_options`` over the defaults (``layer`` sharing, K = 2, ``exact``); ``seed`` and
+    ``verify`` are the growth pass's own."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise GrowcConfigError(f"templatize_options must be a dict of templatize options, got {type(options).__name__}")
+    for key in options:
+        if key in ("seed", "verify"):
+            raise GrowcConfigError(f"templatize_options may not set {key!r} ({where}'s own option)")
+    unknown = [key for key in options if key not in _TEMPLATIZE_OPTIONS]
+    if unknown:
+        raise GrowcConfigError(
+            f"templatize_options has unknown option(s) {', '.join(repr(k) for k in unknown)}; known: "
+            f"{', '.join(_TEMPLATIZE_OPTIONS)}"
+        )
+    return {"sharing": "layer", "templates": 2, "init": "exact", **options}
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 999.5 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _size_bound(base: int) -> int:
+    """The bytes a pass may allocate for templates or generated weights made from ``base`` bytes of weights."""
+    return max(_SIZE_FLOOR, SIZE_FACTOR * base)
+
+
+def _check_bank_sizes(groups: list[list[_Weight]], templates: int, init: str) -> None:
+    """Refuse, before allocating anything, banks whose templates would exceed :data:`SIZE_FACTOR` times the
+    weights they replace (or 1 GiB): a mistyped ``templates``, not a model."""
+    sizes = []
+    for group in groups:
+        p = group[0].param
+        dim, layers = p.numel(), len(group)
+        k = max(templates, layers) if init == "exact" else templates
+        sizes.append(
+            (k * dim * p.element_size(), dim * layers * p.element_size(), max(dim, layers if init == "exact" else 1))
+        )
+    need = sum(s[0] for s in sizes)
+    base = sum(s[1] for s in sizes)
+    bound = _size_bound(base)
+    if need > bound:
+        useful = max(s[2] for s in sizes)
+        raise GrowcDataError(
+            f"templatize: templates={templates} would allocate {_bytes(need)} of templates for {len(groups)} "
+            f"bank(s), more than growc's bound of {_bytes(bound)} ({SIZE_FACTOR} x the {_bytes(base)} of weights "
+            "they replace, and at least 1 GiB); a bank needs at most as many templates as its weight has elements "
+            f"(more are linearly dependent) or as it has layers (init='exact'): at most {useful} here"
+        )
 
 
 def _count(module: nn.Module) -> int:
@@ -517,15 +697,16 @@ def templatize(
         measured error each), ``skipped`` (with reasons), ``params`` before/after, ``shapes`` (analysis),
         ``notes``, and ``output`` (max abs/rel difference).
     """
+    _check_module("templatize", model)
     if sharing not in ("layer", "shape", "shape_window"):
         raise GrowcConfigError(f"sharing must be 'layer', 'shape' or 'shape_window', got {sharing!r}")
     if init not in ("exact", "svd", "fresh"):
         raise GrowcConfigError(f"init must be 'exact', 'svd' or 'fresh', got {init!r}")
-    if not isinstance(templates, int) or templates < 1:
-        raise GrowcConfigError(f"templates must be a positive integer, got {templates!r}")
-    if not isinstance(window, int) or window < 1:
-        raise GrowcConfigError(f"window must be a positive integer, got {window!r}")
-    example_inputs = tuple(example_inputs)
+    templates = _positive_int("templates", templates)
+    window = _positive_int("window", window)
+    seed = _check_seed(seed)
+    example_inputs = _example_inputs("templatize", example_inputs)
+    check_finite_state(model, "templatize")
 
     traced = (
         model
@@ -546,6 +727,8 @@ def templatize(
     weights, skipped = _collect(gm)
     if layers is not None:
         weights, skipped = _select(weights, skipped, layers)
+    groups = _group(weights, sharing, window)
+    _check_bank_sizes(groups, templates, init)
     generator = torch.Generator().manual_seed(seed)
 
     # registered up front: graph.call_module checks that its target exists
@@ -560,17 +743,18 @@ def templatize(
             by_target.setdefault(str(node.target), []).append(node)
     bank_reports: list[dict[str, Any]] = []
     layer_reports: list[dict[str, Any]] = []
-    for group in _group(weights, sharing, window):
+    for group in groups:
         first = group[0].param
         shape = tuple(first.shape)
         stacked = torch.stack([w.param.detach().reshape(-1).cpu() for w in group])
         fan_in = _fan_in(group[0].kind, shape)
-        t, a, info, predicted_layers = _init_bank(stacked, shape, fan_in, init, templates, generator)
+        bank_name = _unique(banks, f"bank{len(banks)}")
+        where = f"bank '{bank_name}' (layers {', '.join(repr(w.name) for w in group)})"
+        t, a, info, predicted_layers = _init_bank(stacked, shape, fan_in, init, templates, generator, where)
         bank = TemplateBank(
             t.reshape(-1, *shape).to(first.device), a.to(first.device), kind=group[0].kind, groups=group[0].groups
         )
         bank.requires_grad_(first.requires_grad)
-        bank_name = _unique(banks, f"bank{len(banks)}")
         banks[bank_name] = bank
         with torch.no_grad():
             diff = bank.weights().reshape(len(group), -1).cpu() - stacked
@@ -652,11 +836,11 @@ def templatize(
     }
     finish_pass(gm, "templatize", report)
     if verify:
-        report["output"] = output = _verify(model, gm, example_inputs, train=traced.training)
-        if init == "exact" and not output["max_rel"] <= EXACT_TOLERANCE:
+        report["output"] = output = _verify(model, gm, example_inputs, traced.training, init)
+        if init == "exact" and not output["max_rel"] <= output["tolerance"]:
             raise GrowcPassError(
                 f"templatize(init='exact') changed the model's function: max rel error {output['max_rel']:.3e} > "
-                f"{EXACT_TOLERANCE:g}{' (' + output['error'] + ')' if 'error' in output else ''}. Please report "
-                "this model; pass leaf_modules=[...] for the submodule involved to work around it."
+                f"{output['tolerance']:.3g}{' (' + output['error'] + ')' if 'error' in output else ''}. Please "
+                "report this model; pass leaf_modules=[...] for the submodule involved to work around it."
             )
     return gm

@@ -553,3 +553,203 @@ def test_a_layers_pattern_that_matches_nothing_is_an_error() -> None:
         "features.6.weight",
         "fc.weight",
     ]
+
+
+# --- non-finite values, dtypes and sizes: clear errors, never a raw exception or a NaN that "matches" -----------
+
+
+def _wrn() -> nn.Module:
+    torch.manual_seed(0)
+    return growc.models.resolve_model("wrn-10-1").eval()
+
+
+WRN_X = (torch.randn(2, 3, 32, 32),)
+
+
+@pytest.mark.parametrize("init", ["exact", "svd", "fresh"])
+def test_non_finite_weights_are_an_error_naming_the_parameter(init: str) -> None:
+    model = _wrn()
+    with torch.no_grad():
+        model.block1[0].conv1.weight[0, 0, :, 0] = math.nan
+    with pytest.raises(
+        growc.GrowcDataError,
+        match=r"^templatize: parameter 'block1\.0\.conv1\.weight' holds 3 NaN value\(s\) \(of 2304\): growc cannot "
+        r"grow a model with non-finite weights",
+    ):
+        growc.templatize(model, WRN_X, init=init)
+    with torch.no_grad():
+        model.block1[0].conv1.weight.fill_(math.inf)
+    with pytest.raises(growc.GrowcDataError, match=r"parameter 'block1\.0\.conv1\.weight' holds 2304 infinite"):
+        growc.templatize(model, WRN_X, verify=False)
+
+
+def test_non_finite_normalization_statistics_are_an_error() -> None:
+    model = _wrn()
+    model.block2[0].bn1.running_var[3] = math.nan
+    with pytest.raises(
+        growc.GrowcDataError,
+        match=r"^templatize: buffer 'block2\.0\.bn1\.running_var' holds 1 NaN value\(s\) \(of 16\)",
+    ):
+        growc.templatize(model, WRN_X)
+    model.block2[0].bn1.reset_running_stats()
+    model.block2[0].bn1.running_mean[0] = -math.inf
+    with pytest.raises(growc.GrowcDataError, match=r"buffer 'block2\.0\.bn1\.running_mean' holds 1 infinite"):
+        growc.templatize(model, WRN_X)
+
+
+def test_non_finite_example_inputs_are_an_error() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    x[0, 0, 0, :2] = math.nan
+    with pytest.raises(
+        growc.GrowcDataError, match=r"^templatize: example input \[0\] holds 2 NaN value\(s\) \(of 6144\)"
+    ):
+        growc.templatize(_wrn(), (x,))
+
+
+class Overflows(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * 1e30 * 1e30  # finite weights and inputs, infinite outputs in float32
+
+
+def test_non_finite_outputs_are_an_error_not_a_match() -> None:
+    with torch.no_grad():
+        model = Overflows()
+        model.fc.weight.fill_(1.0)
+        model.fc.bias.fill_(1.0)
+    with pytest.raises(
+        growc.GrowcDataError,
+        match=r"^templatize: the model's output on the example inputs holds 4 infinite value\(s\) \(of 4\), with "
+        r"finite weights and inputs",
+    ):
+        growc.templatize(model, (torch.ones(2, 3),))
+    growc.templatize(model, (torch.ones(2, 3),), verify=False)  # without the output check there is nothing to compare
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["cnn1d-4", "wrn-10-1"])
+def test_low_precision_models_templatize_exactly(dtype: torch.dtype, name: str) -> None:
+    torch.manual_seed(0)
+    model = growc.models.resolve_model(name).to(dtype).eval()
+    x = torch.randn(2, *growc.models.default_input_shape(name)[1:]).to(dtype)
+    gm = growc.templatize(model, (x,), init="exact", sharing="shape")
+    output = gm.meta["growc"]["templatize"]["output"]
+    assert output["tolerance"] == growc.analysis.exactness_tolerance(dtype)
+    assert output["max_rel"] <= output["tolerance"]
+    assert gm.growc_banks.bank0.templates.dtype == dtype
+
+
+def test_float32_tolerance_is_reported() -> None:
+    from growc.passes.templatize import EXACT_TOLERANCE
+
+    gm = growc.templatize(_wrn(), WRN_X)
+    assert gm.meta["growc"]["templatize"]["output"]["tolerance"] == EXACT_TOLERANCE
+    assert EXACT_TOLERANCE == growc.analysis.exactness_tolerance(torch.float32)
+
+
+@pytest.mark.parametrize(("templates", "init"), [(10**9, "exact"), (10**8, "svd"), (10**7, "fresh")])
+def test_templates_beyond_the_size_bound_are_refused_before_allocating(templates: int, init: str) -> None:
+    message = (
+        rf"^templatize: templates={templates} would allocate [0-9.]+ [GTP]B of templates for 10 bank\(s\), more than "
+        r"growc's bound of 1\.07 GB \(256 x the 309 kB of weights they replace, and at least 1 GiB\); a bank needs "
+        r"at most as many templates as its weight has elements \(more are linearly dependent\) or as it has layers "
+        r"\(init='exact'\): at most 36864 here$"
+    )
+    with pytest.raises(growc.GrowcDataError, match=message):
+        growc.templatize(_wrn(), WRN_X, templates=templates, init=init)
+
+
+def test_templates_beyond_a_small_weights_size_still_work() -> None:
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2))
+    gm = growc.templatize(model, (torch.randn(2, 1),), templates=3, init="fresh")
+    assert [b["templates"] for b in gm.meta["growc"]["templatize"]["banks"]] == [3, 3]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"templates": True}, "templates must be a positive integer, got True"),
+        ({"templates": 2.0}, "templates must be a positive integer, got 2.0"),
+        ({"window": True, "sharing": "shape_window"}, "window must be a positive integer, got True"),
+        ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*63\), got 1.5"),
+        ({"seed": True}, r"seed must be an integer in \[0, 2\*\*63\), got True"),
+        ({"seed": 2**70}, r"seed must be an integer in \[0, 2\*\*63\), got 1180591620717411303424"),
+    ],
+)
+def test_option_types_are_checked(tiny, kwargs, message) -> None:
+    model, inputs = tiny
+    with pytest.raises(growc.GrowcConfigError, match="^" + message + "$"):
+        growc.templatize(model, inputs, **kwargs)
+
+
+def test_wrong_argument_types_are_config_errors(tiny) -> None:
+    model, (x,) = tiny
+    with pytest.raises(
+        growc.GrowcConfigError,
+        match=r"^templatize: example_inputs must be a tuple or list of the model's positional inputs, e\.g\. \(x,\); "
+        r"got a Tensor$",
+    ):
+        growc.templatize(model, x)
+    with pytest.raises(
+        growc.GrowcConfigError, match=r"^templatize: example_inputs must be a tuple or list .* got NoneType"
+    ):
+        growc.templatize(model, None)
+    with pytest.raises(growc.GrowcConfigError, match=r"^templatize takes an nn\.Module, got int$"):
+        growc.templatize(3, (x,))
+
+
+def test_a_model_on_the_meta_device_is_an_error() -> None:
+    with torch.device("meta"):
+        model = growc.models.resolve_model("cnn1d-4")
+    message = (
+        r"^templatize: parameter 'features\.0\.weight' is on the meta device \(no data\): the passes need real weights"
+    )
+    with pytest.raises(growc.GrowcDataError, match=message):
+        growc.templatize(model, (torch.randn(2, 1, 40),))
+    with pytest.raises(growc.GrowcDataError, match=r"^templatize: example input \[0\] is on the meta device"):
+        growc.templatize(growc.models.resolve_model("cnn1d-4"), (torch.randn(2, 1, 40, device="meta"),))
+
+
+def test_svd_failures_are_growc_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", fails)
+    with pytest.raises(
+        growc.GrowcPassError,
+        match=r"^templatize\(init='svd'\): the SVD of bank 'bank0' \(layers 'features\.0\.weight'\) failed: "
+        r"linalg\.svd: The algorithm failed to converge",
+    ):
+        growc.templatize(growc.models.resolve_model("cnn1d-4"), (torch.randn(2, 1, 40),), init="svd")
+
+
+def test_zero_sized_weights_are_skipped() -> None:
+    model = nn.Sequential(nn.Linear(0, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(2, 0)
+    gm = growc.templatize(model, (x,), init="svd")
+    report = gm.meta["growc"]["templatize"]
+    assert [layer["weight"] for layer in report["layers"]] == ["2.weight"]
+    assert report["skipped"] == [{"target": "0.weight", "reason": "zero-sized weight (3, 0): nothing to template"}]
+    assert_same_function(model, gm, (x,))
+
+
+class IntWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.fc.weight = nn.Parameter(torch.ones(3, 3, dtype=torch.int64), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def test_a_model_that_fails_on_its_example_inputs_is_a_config_error() -> None:
+    with pytest.raises(
+        growc.GrowcConfigError,
+        match=r"^templatize: the model fails on the example inputs \(RuntimeError: self and mat2 must have the same "
+        r"dtype, but got Float and Long\); do they fit the model\?$",
+    ):
+        growc.templatize(IntWeight(), (torch.randn(2, 3),))
