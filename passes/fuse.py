@@ -42,8 +42,16 @@ from torch import Tensor, fx, nn
 from torch.fx.node import map_aggregate
 from torch.nn.utils import parametrize
 
-from growc.analysis import TensorInfo, max_abs_rel_error, propagate_shapes, run_outputs
-from growc.errors import GrowcConfigError, GrowcError, GrowcPassError
+from growc.analysis import (
+    TensorInfo,
+    _nonfinite_tree,
+    check_finite_state,
+    computation_dtype,
+    exactness_tolerance,
+    max_abs_rel_error,
+    propagate_shapes,
+)
+from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
 from growc.ops import (
     GENERATED_TYPES,
     GRID_TYPES,
@@ -62,7 +70,16 @@ from growc.ops import (
 from growc.pipeline import finish_pass
 from growc.trace import attribute_owner, graph_module
 
-from .templatize import templatize
+from .templatize import (
+    SIZE_FACTOR,
+    _bytes,
+    _check_seed,
+    _checked_outputs,
+    _example_inputs,
+    _size_bound,
+    _templatize_options,
+    templatize,
+)
 
 __all__ = ["fuse", "fuse_templated"]
 
@@ -554,7 +571,7 @@ class _Fuser:
             noise = torch.randn(k, generator=self.generator, dtype=torch.float64) * self.copy_noise
             row = existing[copy_row] * self.cross_scale + noise
         else:  # orthogonal: the last right-singular vector of every row the bank already has
-            _, s, vh = torch.linalg.svd(existing, full_matrices=True)
+            _, s, vh = _svd("fuse(cross_init='orthogonal')", existing)
             rank = int((s > s.max() * 1e-10).sum()) if s.numel() else 0
             row = vh[-1] * self.cross_scale
             info["orthogonal"] = rank < k
@@ -725,6 +742,17 @@ class _Fuser:
         return _Value("P", parts=outputs)
 
 
+def _svd(where: str, coefficients: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The full SVD of a bank's coefficient rows (float64, CPU), its failures a :class:`GrowcPassError`."""
+    try:
+        return torch.linalg.svd(coefficients, full_matrices=True)
+    except RuntimeError as error:  # torch.linalg.LinAlgError included
+        raise GrowcPassError(
+            f"{where}: the SVD of a bank's {tuple(coefficients.shape)} coefficients failed: "
+            f"{str(error).splitlines()[0]}"
+        ) from error
+
+
 def _moved_axis(node: fx.Node, target: Any, method: bool, axis: int, rank: int) -> int | None:
     """Where ``axis`` goes under a ``permute``/``transpose``/``swapaxes`` node (None for other ops)."""
     name = target if method else getattr(target, "__name__", "")
@@ -826,6 +854,65 @@ def _check_same_architecture(parents: list[fx.GraphModule]) -> None:
         for key, shape in shapes.items():
             if other.get(key) != shape:
                 raise GrowcError(f"parent {i}'s '{key}' has shape {other.get(key)}, parent 0's {shape}")
+        layout, other_layout = _state_layout(first), _state_layout(parent)
+        for key, (dtype, device) in layout.items():
+            if other_layout[key] != (dtype, device):
+                raise GrowcError(
+                    f"parent {i}'s '{key}' is {other_layout[key][0]} on {other_layout[key][1]}, parent 0's {dtype} on "
+                    f"{device}: fuse needs parents of one dtype on one device"
+                )
+
+
+def _state_layout(gm: nn.Module) -> dict[str, tuple[str, str]]:
+    return {
+        k: (str(v.dtype).removeprefix("torch."), str(v.device))
+        for k, v in gm.state_dict().items()
+        if not k.rpartition(".")[2].startswith("_tensor_constant")
+    }
+
+
+def _describe_parents(parents: Sequence[nn.Module], describe: Callable[[Tensor], str | None]) -> list[str]:
+    """Per parent, the distinct ``describe(tensor)`` values of its parameters and buffers, joined by ``/``."""
+    out = []
+    for parent in parents:
+        seen = {describe(t) for t in (*parent.parameters(), *parent.buffers())}
+        out.append("/".join(sorted(d for d in seen if d is not None)))
+    return out
+
+
+def _check_parents(where: str, parents: Sequence[nn.Module]) -> None:
+    """Parents on one device and of one floating dtype, with real, finite weights (clear errors, before any work)."""
+    devices = _describe_parents(parents, lambda t: str(t.device))
+    if len(set(devices)) > 1:
+        listed = ", ".join(f"parent {i} {d or 'none'}" for i, d in enumerate(devices))
+        raise GrowcConfigError(
+            f"{where}: the parents are on different devices: {listed}; move them to one device first (e.g. "
+            f"parent.to({devices[0].split('/')[0]!r}))"
+        )
+    dtypes = _describe_parents(
+        parents, lambda t: str(t.dtype).removeprefix("torch.") if t.is_floating_point() or t.is_complex() else None
+    )
+    if len(set(dtypes)) > 1:
+        listed = ", ".join(f"parent {i} {d or 'none'}" for i, d in enumerate(dtypes))
+        raise GrowcConfigError(
+            f"{where}: the parents hold different dtypes: {listed}; convert them to one dtype first (e.g. "
+            f"parent.to(torch.{dtypes[0].split('/')[0] or 'float32'}))"
+        )
+    for i, parent in enumerate(parents):
+        check_finite_state(parent, where, owner=f"parent {i}'s ")
+
+
+def _check_growth_size(where: str, request: str, fold: int, model: nn.Module) -> None:
+    """Refuse, before any copy, a growth whose generated weights (``fold`` times the model's parameters: n x n
+    blocks per layer) exceed :data:`~growc.passes.templatize.SIZE_FACTOR` times the parameters (or 1 GiB)."""
+    base = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound = _size_bound(base)
+    if fold * base > bound:
+        raise GrowcDataError(
+            f"{where}: {request} would grow the model's {_bytes(base)} of parameters about {fold}-fold "
+            f"({_bytes(fold * base)}), more than growc's bound of {_bytes(bound)} ({SIZE_FACTOR} x the parameters, and "
+            "at least 1 GiB)"
+        )
 
 
 def fuse(
@@ -860,18 +947,26 @@ def fuse(
         The fused GraphModule; ``gm.meta["growc"]["fuse"]`` holds the report (lifts with their block layout,
         cross blocks with their init, fallbacks by node and op, parameter counts, output check).
     """
+    parents = list(parents)
     if len(parents) < 2:
         raise GrowcConfigError(f"fuse needs at least 2 parents, got {len(parents)}")
+    for i, parent in enumerate(parents):
+        if not isinstance(parent, nn.Module):
+            raise GrowcConfigError(f"fuse: parent {i} is not an nn.Module but {type(parent).__name__}")
     if cross_init not in ("orthogonal", "zero", "random", "copy"):
         raise GrowcConfigError(f"cross_init must be 'orthogonal', 'zero', 'random' or 'copy', got {cross_init!r}")
     if cross_templates not in ("own", "union"):
         raise GrowcConfigError(f"cross_templates must be 'own' or 'union', got {cross_templates!r}")
     if head not in ("sum", "mean"):
         raise GrowcConfigError(f"head must be 'sum' or 'mean', got {head!r}")
-    if not isinstance(cross_scale, (int, float)) or not math.isfinite(cross_scale):
+    if isinstance(cross_scale, bool) or not isinstance(cross_scale, (int, float)) or not math.isfinite(cross_scale):
         raise GrowcConfigError(f"cross_scale must be a finite number, got {cross_scale!r}")
-    example_inputs = tuple(example_inputs)
-    options = {"sharing": "layer", "templates": 2, "init": "exact", **(templatize_options or {})}
+    seed = _check_seed(seed, span=len(parents))
+    options = _templatize_options("fuse", templatize_options)
+    example_inputs = _example_inputs("fuse", example_inputs)
+    _check_parents("fuse", parents)
+    n = len(parents)
+    _check_growth_size("fuse", f"{n} parents", n * n, parents[0])
     templated = [
         copy.deepcopy(p)
         if _is_templatized(p)
@@ -902,12 +997,13 @@ def fuse(
     }
     finish_pass(gm, "fuse", report)
     if verify:
-        report["output"] = output = _verify(templated, gm, example_inputs, head)
-        if cross_init == "zero" and "note" not in output and not output["max_rel"] <= 1e-5:
+        exact = cross_init == "zero"
+        report["output"] = output = _verify(templated, gm, example_inputs, head, where="fuse", exact=exact)
+        if exact and "note" not in output and not output["max_rel"] <= output["tolerance"]:
             raise GrowcPassError(
-                f"fuse(cross_init='zero') is not the parents' {head}: max rel error {output['max_rel']:.3e} > 1e-05. "
-                "Please report this model; the ops involved can be made leaves (templatize_options={'leaf_modules': "
-                "[...]}) to take the per-parent fallback."
+                f"fuse(cross_init='zero') is not the parents' {head}: max rel error {output['max_rel']:.3e} > "
+                f"{output['tolerance']:.3g}. Please report this model; the ops involved can be made leaves "
+                "(templatize_options={'leaf_modules': [...]}) to take the per-parent fallback."
             )
     return gm
 
@@ -942,19 +1038,42 @@ def fuse_templated(
     return fuser.run(), fuser
 
 
-def _verify(parents: list[nn.Module], gm: nn.Module, example_inputs: tuple[Any, ...], head: str) -> dict[str, Any]:
-    """The fused model against the parents' sum (mean, or parent 0 alone), in the mode the graphs were traced in."""
+_RESULT = {"fuse": "fused model", "widen": "widened model"}
+
+
+def _verify(
+    parents: list[nn.Module],
+    gm: nn.Module,
+    example_inputs: tuple[Any, ...],
+    head: str,
+    *,
+    where: str,
+    exact: bool,
+) -> dict[str, Any]:
+    """The fused model against the parents' sum (mean, or parent 0 alone), in the mode the graphs were traced in.
+    ``tolerance`` is the exactness bound of the parents' dtype (:func:`growc.analysis.exactness_tolerance`)."""
     train = parents[0].training
     readers = parents[:1] if head == "first" else parents
-    *outputs, fused = run_outputs([*readers, gm], example_inputs, train=train)
+    labels = ["the model"] if where == "widen" else [f"parent {i}" for i in range(len(readers))]
+    outputs, fused = _checked_outputs(
+        where, list(zip(labels, readers, strict=True)), (_RESULT[where], gm), example_inputs, train, exact=exact
+    )
     expected = outputs[0]
     for out in outputs[1:]:
         expected = torch.utils._pytree.tree_map(operator.add, expected, out)
     if head == "mean":
         expected = torch.utils._pytree.tree_map(lambda t: t / len(parents), expected)
+    problem = _nonfinite_tree(expected) if len(outputs) > 1 else None
+    if problem is not None:
+        dtype = str(computation_dtype(readers, expected)).removeprefix("torch.")
+        raise GrowcDataError(
+            f"{where}: the parents' {head} on the example inputs {problem} (an overflow in {dtype}), though each "
+            "parent's output is finite: the output check cannot compare non-finite values; pass verify=False to skip it"
+        )
     max_abs, max_rel = max_abs_rel_error(expected, fused)
     against = "parent 0" if head == "first" else f"parents' {head}"
     result = {"against": against, "max_abs": max_abs, "max_rel": max_rel, "mode": "train" if train else "eval"}
+    result["tolerance"] = exactness_tolerance(computation_dtype(readers, expected))
     random_ops = [
         n.name
         for n in gm.graph.nodes

@@ -28,12 +28,13 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
+from growc.analysis import check_finite_state
 from growc.errors import GrowcConfigError, GrowcPassError
 from growc.ops import GRID_TYPES, MixedWeight, TemplateBank, _Mixed
 from growc.pipeline import finish_pass
 
-from .fuse import _Fuser, _is_templatized, _verify, fuse_templated
-from .templatize import templatize
+from .fuse import _check_growth_size, _Fuser, _is_templatized, _svd, _verify, fuse_templated
+from .templatize import _check_module, _check_seed, _example_inputs, _templatize_options, templatize
 
 __all__ = ["widen"]
 
@@ -58,7 +59,7 @@ def _fresh(model: fx.GraphModule, generator: torch.Generator) -> fx.GraphModule:
 
 def _orthogonal_row(bank: TemplateBank) -> int:
     existing = bank.coefficients.detach().to("cpu", torch.float64)
-    _, _, vh = torch.linalg.svd(existing, full_matrices=True)
+    _, _, vh = _svd("widen(method='mixture')", existing)
     return bank.add_rows(vh[-1][None])[0]
 
 
@@ -90,14 +91,19 @@ def widen(
 
     ``model`` may be plain (templatized first with ``templatize_options``), templatized, or already grown.
     ``gm.meta["growc"]["widen"]`` holds the fusion report plus ``method``, ``factor`` and, with ``verify``, the
-    output against ``model`` (``net2net`` and ``zero`` must match it: a difference above 1e-5 raises).
+    output against ``model`` (``net2net`` and ``zero`` must match it: a difference above
+    :func:`growc.analysis.exactness_tolerance` of the model's dtype raises).
     """
+    _check_module("widen", model)
     if method not in ("mixture", "net2net", "random", "zero"):
         raise GrowcConfigError(f"method must be 'mixture', 'net2net', 'random' or 'zero', got {method!r}")
-    if not isinstance(factor, int) or factor < 2:
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
         raise GrowcConfigError(f"factor must be an integer >= 2, got {factor!r}")
-    example_inputs = tuple(example_inputs)
-    options = {"sharing": "layer", "templates": 2, "init": "exact", **(templatize_options or {})}
+    seed = _check_seed(seed)
+    options = _templatize_options("widen", templatize_options)
+    example_inputs = _example_inputs("widen", example_inputs)
+    check_finite_state(model, "widen")
+    _check_growth_size("widen", f"factor={factor}", factor * factor, model)
     base = (
         copy.deepcopy(model)
         if _is_templatized(model)
@@ -143,11 +149,12 @@ def widen(
     }
     finish_pass(gm, "widen", report)
     if verify:
-        output = _verify([base], gm, example_inputs, "first")
+        output = _verify([base], gm, example_inputs, "first", where="widen", exact=method in PRESERVING)
         output["against"] = "the model"
         report["output"] = output
-        if method in PRESERVING and not output["max_rel"] <= 1e-5:
+        if method in PRESERVING and "note" not in output and not output["max_rel"] <= output["tolerance"]:
             raise GrowcPassError(
-                f"widen(method={method!r}) changed the model's function: max rel error {output['max_rel']:.3e}"
+                f"widen(method={method!r}) changed the model's function: max rel error {output['max_rel']:.3e} > "
+                f"{output['tolerance']:.3g}"
             )
     return gm

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -346,3 +348,111 @@ def test_captured_tensor_constants_match_by_position() -> None:
     growc.trace(b)  # a trace that leaves a constant behind on b, so b's next trace numbers its constant anew
     gm = growc.fuse([a, b], (x,), cross_init="zero")
     assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5, mode="both")
+
+
+# --- non-finite values, dtypes, devices and sizes ------------------------------------------------------------------
+
+
+def _cnn(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return growc.models.resolve_model("cnn1d-4").to(dtype).eval()
+
+
+CNN_X = (torch.randn(2, 1, 40),)
+
+
+def test_non_finite_parent_weights_are_an_error_naming_parent_and_parameter() -> None:
+    a, b = _cnn(), _cnn(seed=1)
+    with torch.no_grad():
+        b.fc.weight[0, 0] = math.inf
+    with pytest.raises(
+        growc.GrowcDataError,
+        match=r"^fuse: parent 1's parameter 'fc\.weight' holds 1 infinite value\(s\) \(of 40\): growc cannot grow",
+    ):
+        growc.fuse([a, b], CNN_X, cross_init="zero")
+    ta = growc.templatize(a, CNN_X)
+    tb = growc.templatize(_cnn(seed=1), CNN_X)
+    with torch.no_grad():
+        tb.growc_banks.bank0.templates[0, 0, 0, 0] = math.nan
+    with pytest.raises(
+        growc.GrowcDataError, match=r"^fuse: parent 1's parameter 'growc_banks\.bank0\.templates' holds 1 NaN"
+    ):
+        growc.fuse([ta, tb], CNN_X)
+    x = CNN_X[0].clone()
+    x[0, 0, 0] = math.inf
+    with pytest.raises(growc.GrowcDataError, match=r"^fuse: example input \[0\] holds 1 infinite value\(s\)"):
+        growc.fuse([a, _cnn(seed=1)], (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("name", "shape"), [("cnn1d-4", (2, 1, 40)), ("wrn-10-1", (2, 3, 32, 32))])
+def test_low_precision_parents_fuse_with_zero_cross_blocks(dtype: torch.dtype, name: str, shape) -> None:
+    torch.manual_seed(0)
+    a, b = (growc.models.resolve_model(name).to(dtype).eval() for _ in range(2))
+    x = torch.randn(*shape).to(dtype)
+    gm = growc.fuse([a, b], (x,), cross_init="zero")
+    output = gm.meta["growc"]["fuse"]["output"]
+    assert output["tolerance"] == growc.analysis.exactness_tolerance(dtype)
+    assert output["max_rel"] <= output["tolerance"]
+    assert gm.growc_banks.p0_bank0.templates.dtype == dtype
+
+
+def test_parents_of_different_dtypes_are_refused() -> None:
+    with pytest.raises(
+        growc.GrowcConfigError,
+        match=r"^fuse: the parents hold different dtypes: parent 0 float32, parent 1 float64; convert them to one "
+        r"dtype first \(e\.g\. parent\.to\(torch\.float32\)\)$",
+    ):
+        growc.fuse([_cnn(), _cnn(torch.float64)], CNN_X)
+
+
+def test_parents_on_different_devices_are_refused() -> None:
+    with torch.device("meta"):
+        ghost = growc.models.resolve_model("cnn1d-4")
+    with pytest.raises(
+        growc.GrowcConfigError,
+        match=r"^fuse: the parents are on different devices: parent 0 cpu, parent 1 meta; move them to one device "
+        r"first \(e\.g\. parent\.to\('cpu'\)\)$",
+    ):
+        growc.fuse([_cnn(), ghost], CNN_X)
+    with pytest.raises(growc.GrowcDataError, match=r"^fuse: parent 0's parameter 'features\.0\.weight' is on the meta"):
+        growc.fuse([ghost, copy.deepcopy(ghost)], CNN_X)
+
+
+@pytest.mark.gpu
+def test_parents_on_cpu_and_cuda_are_refused() -> None:
+    with pytest.raises(growc.GrowcConfigError, match=r"parent 0 cpu, parent 1 cuda:0; move them to one device"):
+        growc.fuse([_cnn(), _cnn().cuda()], CNN_X)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"templatize_options": {"foo": 1}}, r"templatize_options has unknown option\(s\) 'foo'; known: "),
+        ({"templatize_options": {"seed": 1}}, r"templatize_options may not set 'seed' \(fuse's own option\)"),
+        ({"templatize_options": {"verify": False}}, r"templatize_options may not set 'verify' \(fuse's own option\)"),
+        ({"templatize_options": 3}, r"templatize_options must be a dict of templatize options, got int"),
+        ({"templatize_options": {"templates": True}}, r"templates must be a positive integer, got True"),
+        ({"cross_scale": True}, r"cross_scale must be a finite number, got True"),
+        ({"seed": 0.5}, r"seed must be an integer in \[0, 2\*\*63\), got 0\.5"),
+    ],
+)
+def test_bad_option_types(kwargs, message) -> None:
+    with pytest.raises(growc.GrowcConfigError, match="^" + message):
+        growc.fuse([_cnn(), _cnn(seed=1)], CNN_X, **kwargs)
+
+
+def test_bad_argument_types() -> None:
+    with pytest.raises(growc.GrowcConfigError, match=r"^fuse: parent 1 is not an nn\.Module but int$"):
+        growc.fuse([_cnn(), 3], CNN_X)
+    with pytest.raises(growc.GrowcConfigError, match=r"^fuse: example_inputs must be a tuple or list"):
+        growc.fuse([_cnn(), _cnn(seed=1)], CNN_X[0])
+    gm = growc.fuse(iter([_cnn(), _cnn(seed=1)]), CNN_X, cross_init="zero")  # any iterable of parents
+    assert gm.meta["growc"]["fuse"]["parents"] == 2
+
+
+def test_zero_sized_weights_take_the_fallback() -> None:
+    a, b = (nn.Sequential(nn.Linear(0, 3), nn.ReLU(), nn.Linear(3, 2)) for _ in range(2))
+    x = torch.randn(2, 0)
+    gm = growc.fuse([a, b], (x,), cross_init="zero")
+    assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5)

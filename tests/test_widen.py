@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import growc
+import growc.models
 from growc.models import WideResNet
 from growc.ops import GridConv2d
 from growc.testing import ALL_FEATURES, assert_same_function, cnn_models
@@ -113,3 +116,56 @@ def test_quarter_half_full_with_fuse_then_widen() -> None:
     with torch.no_grad():
         torch.testing.assert_close(full.eval()(x), a.eval()(x) + b.eval()(x), rtol=1e-4, atol=1e-4)
     assert_same_function(half, growc.materialize(full), (x,), rtol=1e-4, atol=1e-4, mode="both")
+
+
+# --- non-finite values, dtypes and sizes ------------------------------------------------------------------------
+
+
+def _cnn(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return growc.models.resolve_model("cnn1d-4").to(dtype).eval()
+
+
+CNN_X = (torch.randn(2, 1, 40),)
+
+
+def test_non_finite_weights_of_a_templatized_model_are_an_error() -> None:
+    gm = growc.templatize(_cnn(), CNN_X)
+    with torch.no_grad():
+        gm.growc_banks.bank1.coefficients[0, 0] = math.nan
+    with pytest.raises(
+        growc.GrowcDataError,
+        match=r"^widen: parameter 'growc_banks\.bank1\.coefficients' holds 1 NaN value\(s\) \(of 2\): growc cannot",
+    ):
+        growc.widen(gm, CNN_X, method="net2net")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("method", "factor"), [("net2net", 3), ("zero", 2)])
+def test_low_precision_models_widen_preserving(dtype: torch.dtype, method: str, factor: int) -> None:
+    model = _cnn(dtype)
+    gm = growc.widen(model, (CNN_X[0].to(dtype),), method=method, factor=factor)
+    output = gm.meta["growc"]["widen"]["output"]
+    assert output["tolerance"] == growc.analysis.exactness_tolerance(dtype)
+    assert output["max_rel"] <= output["tolerance"]
+
+
+def test_a_factor_beyond_the_size_bound_is_refused_before_allocating() -> None:
+    with pytest.raises(
+        growc.GrowcDataError,
+        match=r"^widen: factor=1000000 would grow the model's 760 B of parameters about 1000000000000-fold "
+        r"\(760 TB\), more than growc's bound of 1\.07 GB \(256 x the parameters, and at least 1 GiB\)$",
+    ):
+        growc.widen(_cnn(), CNN_X, factor=10**6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seed": 0.5}, r"seed must be an integer in \[0, 2\*\*63\), got 0\.5"),
+        ({"templatize_options": {"seed": 3}}, r"templatize_options may not set 'seed' \(widen's own option\)"),
+    ],
+)
+def test_bad_option_types(kwargs, message) -> None:
+    with pytest.raises(growc.GrowcConfigError, match="^" + message):
+        growc.widen(_cnn(), CNN_X, **kwargs)
