@@ -22,11 +22,17 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from growc.analysis import check_finite_state
+from growc.errors import GrowcConfigError
 from growc.ops import GRID_TYPES, MIXED_TYPES, MixedWeight, strip_step_markers
 from growc.pipeline import finish_pass
 from growc.trace import attribute_owner
 
 __all__ = ["materialize"]
+
+
+class _NotAGraphModule(GrowcConfigError, TypeError):
+    """materialize was given something other than a GraphModule (a TypeError, as it always was, and a GrowcError)."""
 
 
 def _unparametrize(module: nn.Module, attr: str, weight: nn.Parameter) -> None:
@@ -50,10 +56,12 @@ def _unparametrize(module: nn.Module, attr: str, weight: nn.Parameter) -> None:
 def materialize(gm: fx.GraphModule) -> fx.GraphModule:
     """Return a new GraphModule with every template-mixed op folded into a plain ``nn.Conv*``/``nn.Linear``.
 
-    ``gm.meta["growc"]["materialize"]`` lists the folded layers and the parameter count before and after.
+    ``gm.meta["growc"]["materialize"]`` lists the folded layers and the parameter count before and after. A
+    parameter or buffer that is non-finite (a diverged training run) or has no data raises ``GrowcDataError``.
     """
     if not isinstance(gm, fx.GraphModule):
-        raise TypeError(f"materialize takes a torch.fx.GraphModule, got {type(gm).__name__}")
+        raise _NotAGraphModule(f"materialize takes a torch.fx.GraphModule, got {type(gm).__name__}")
+    check_finite_state(gm, "materialize")
     before = sum(p.numel() for p in gm.parameters())
     out = copy.deepcopy(gm)
     strip_step_markers(out.graph)  # the result owns no banks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,3 +72,19 @@ def test_materialize_of_a_plain_graph_is_identity() -> None:
     out = growc.materialize(gm)
     assert out.meta["growc"]["materialize"]["folded"] == []
     assert_same_function(gm, out, (torch.randn(2, 3),))
+
+
+def test_materialize_refuses_non_finite_banks() -> None:
+    gm = growc.templatize(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), (torch.randn(2, 3),))
+    with torch.no_grad():
+        gm.growc_banks.bank1.templates[1, 0, 0] = math.inf  # e.g. a diverged training run
+    with pytest.raises(
+        growc.GrowcDataError,
+        match=r"^materialize: parameter 'growc_banks\.bank1\.templates' holds 1 infinite value\(s\) \(of 12\)",
+    ):
+        growc.materialize(gm)
+
+
+def test_materialize_type_error_is_a_growc_error() -> None:
+    with pytest.raises(growc.GrowcError, match=r"materialize takes a torch\.fx\.GraphModule, got Linear"):
+        growc.materialize(nn.Linear(2, 2))  # type: ignore[arg-type]
