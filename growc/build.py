@@ -25,7 +25,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from torch import fx, nn
 
-from .analysis import propagate_shapes
+from .analysis import exactness_tolerance, propagate_shapes
 from .errors import GrowcDataError, GrowcError
 from .io import (
     artifact_format,
@@ -58,8 +58,14 @@ __all__ = [
 ]
 
 ARTIFACT_FILES = ("model.safetensors", "spec.yaml", "report.json", "report.txt", "code.py", "probe.safetensors")
-PROBE_TOLERANCE = 1e-4
+PROBE_TOLERANCE = 1e-4  # float32 and float64; a narrower dtype allows its exactness tolerance (probe_tolerance)
 ARTIFACT_WHAT = "a growc artifact folder (a growc report.json)"
+
+
+def probe_tolerance(dtype: torch.dtype) -> float:
+    """How far (max relative) a rebuilt model's output on the probe may be from the saved one: 1e-4, or the dtype's
+    exactness tolerance when that is larger (float16 7.8e-3, bfloat16 6.3e-2)."""
+    return max(PROBE_TOLERANCE, exactness_tolerance(dtype))
 
 
 def is_artifact(folder: Path) -> bool:
@@ -512,7 +518,7 @@ def write_artifact(
             "growc": __version__,
             "source": str(Path(spec.doc.file).resolve()) if Path(spec.doc.file).exists() else spec.doc.file,
             **report,
-            "probe": {"shape": list(example.shape), "tolerance": PROBE_TOLERANCE},
+            "probe": {"shape": list(example.shape), "tolerance": probe_tolerance(example.dtype)},
             "files": {name: {"sha256": sha256_file(tmp / name)} for name in ("model.safetensors", "probe.safetensors")},
         }
         write_json(tmp / "report.json", full)
@@ -581,7 +587,8 @@ def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -
     The model is rebuilt from ``spec.yaml`` (structure only: parents randomly initialized, no passes' checks), then
     ``model.safetensors`` is loaded: a missing key, an extra key, a wrong shape or dtype, or bytes that differ from
     the ones ``growc grow`` wrote (SHA-256 in ``report.json``) raise ``GrowcError`` naming the problem. With
-    ``verify`` the model's eval output on the saved probe input must equal the saved output (within 1e-4 relative).
+    ``verify`` the model's eval output on the saved probe input must equal the saved output (within
+    :func:`probe_tolerance` of its dtype).
 
     An artifact whose parents are ``package.module:factory`` references would import and run that code: that needs
     ``trust_code=True``; built-ins, growc's model classes and ``torchvision:`` models do not.
@@ -624,10 +631,11 @@ def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -
             raise GrowcError(f"the rebuilt model outputs shape {list(got.shape)}; the probe saved {list(want.shape)}")
         scale = want.float().abs().max().clamp_min(1e-12)
         error = (got.float() - want.float()).abs().max() / scale
-        if not error <= PROBE_TOLERANCE:
+        tolerance = probe_tolerance(x.dtype)
+        if not error <= tolerance:
             raise GrowcError(
                 f"the rebuilt model's output on the probe input differs from the saved one (max rel "
-                f"{float(error):.3e} > {PROBE_TOLERANCE:g}): the artifact does not reproduce with this growc/torch"
+                f"{float(error):.3e} > {tolerance:g}): the artifact does not reproduce with this growc/torch"
             )
     return gm
 

@@ -19,7 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from growc.build import ARTIFACT_FILES, build_parent, check_spec, compile_spec, grow, load, write_artifact
+from growc.analysis import exactness_tolerance
+from growc.build import (
+    ARTIFACT_FILES,
+    build_parent,
+    check_spec,
+    compile_spec,
+    grow,
+    load,
+    probe_tolerance,
+    write_artifact,
+)
 from growc.errors import GrowcDataError, GrowcError, GrowcExistsError
 from growc.io import save_state_dict, sha256_file
 from growc.models import resolve_model
@@ -701,3 +711,19 @@ def test_a_factory_that_downloads_is_stopped_with_the_spec_line(
             rf"{re.escape(what)}: growc never downloads",
         ):
             compile_spec(path)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_parents_grow_exactly_and_load_within_their_dtypes_tolerance(tmp_path: Path, dtype: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        _spec_text(steps="  - {cross_init: zero}\n").replace("[2, 1, 40]}", f"[2, 1, 40], dtype: {dtype}}}")
+    )
+    dest, result = grow(path, tmp_path / "art")
+    check = result.report["steps"][0]["output"]
+    assert check["max_rel"] <= exactness_tolerance(getattr(torch, dtype))
+    model = load(dest)
+    assert next(model.parameters()).dtype == getattr(torch, dtype)
+    assert json.loads((dest / "report.json").read_text())["probe"]["tolerance"] == probe_tolerance(
+        getattr(torch, dtype)
+    )
