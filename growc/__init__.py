@@ -2,14 +2,15 @@
 
 Public API:
 
-* :func:`trace` - torch.fx tracing with leaf fallbacks; :func:`propagate_shapes` - fake-tensor shape analysis.
+* :func:`trace` - torch.fx tracing with leaf fallbacks; :func:`propagate_shapes` - fake-tensor shape analysis;
+  :func:`exactness_tolerance` - the bound every function-preservation check allows for a dtype.
 * :func:`templatize`, :func:`materialize` - the passes (also in :mod:`growc.passes`); :class:`Pipeline`.
 * :class:`TemplateBank` and the mixed layers; :func:`param_groups`, :func:`param_roles`.
 * Growth specs: :func:`load_spec` (YAML -> :class:`GrowthSpec`), :func:`check_spec`, :func:`compile_spec`,
   :func:`grow` (writes an artifact folder), :func:`load` (rebuilds it without unpickling), :func:`spec_json_schema`.
 """
 
-from .analysis import TensorInfo, max_abs_rel_error, propagate_shapes
+from .analysis import TensorInfo, exactness_tolerance, max_abs_rel_error, propagate_shapes
 from .build import GrowResult, check_spec, compile_spec, grow, load
 from .errors import (
     GrowcConfigError,
@@ -61,6 +62,7 @@ __all__ = [
     "analyze_channels",
     "check_spec",
     "compile_spec",
+    "exactness_tolerance",
     "fuse",
     "grow",
     "load",
