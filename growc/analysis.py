@@ -20,7 +20,7 @@ from torch import Tensor, fx, nn
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map
 
-from .errors import GrowcDataError, GrowcError
+from .errors import GrowcConfigError, GrowcDataError, GrowcError
 
 __all__ = [
     "TensorInfo",
@@ -110,6 +110,23 @@ def _locations(gm: nn.Module) -> dict[str, Tensor]:
     return state
 
 
+def _check_arity(gm: fx.GraphModule, count: int) -> None:
+    """The graph's placeholders take ``count`` positional inputs (fx would fail on a missing one with a raw
+    RuntimeError, and silently drop extra ones)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if any(str(n.target).startswith("*") for n in placeholders):
+        return  # *args: any count
+    required = [n for n in placeholders if not n.args]  # a placeholder with a default has it in args
+    if not len(required) <= count <= len(placeholders):
+        names = ", ".join(str(n.target) for n in placeholders) or "none"
+        expected = (
+            str(len(placeholders)) if len(required) == len(placeholders) else f"{len(required)} to {len(placeholders)}"
+        )
+        raise GrowcConfigError(
+            f"shape analysis: the model takes {expected} positional input(s) ({names}), got {count} example input(s)"
+        )
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[str, Any]:
     """Annotate every node of ``gm`` with ``node.meta["growc_shape"]`` (a pytree of :class:`TensorInfo`).
 
@@ -117,6 +134,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[
     buffers are untouched). Returns a report: ``nodes`` (count) and ``real_compute_nodes`` (nodes that had to run
     on zeros).
     """
+    _check_arity(gm, len(example_inputs))
     state = _locations(gm)
     meta_of: dict[int, Tensor] = {}
     meta_state = {name: meta_of.setdefault(id(t), t.to("meta")) for name, t in state.items()}

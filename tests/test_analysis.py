@@ -149,3 +149,14 @@ def test_check_finite_values_names_the_leaf() -> None:
     with pytest.raises(growc.GrowcDataError, match=r"^p: output holds 1 infinite value\(s\) \(of 1\)"):
         check_finite_values(torch.tensor(math.inf), "p", "output")
     check_finite_values(torch.tensor([1, 2]), "p", "output")  # integers are always finite
+
+
+def test_example_inputs_must_match_the_graphs_inputs() -> None:
+    gm = growc.trace(WithInspectingLeaf())
+    x = torch.randn(3, 4)
+    for inputs in [(), (x, x)]:
+        with pytest.raises(
+            growc.GrowcConfigError,
+            match=rf"^shape analysis: the model takes 1 positional input\(s\) \(x\), got {len(inputs)} example input",
+        ):
+            growc.propagate_shapes(gm, inputs)
