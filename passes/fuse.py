@@ -856,7 +856,7 @@ def _check_same_architecture(parents: list[fx.GraphModule]) -> None:
                 raise GrowcError(f"parent {i}'s '{key}' has shape {other.get(key)}, parent 0's {shape}")
         layout, other_layout = _state_layout(first), _state_layout(parent)
         for key, (dtype, device) in layout.items():
-            if other_layout[key] != (dtype, device):
+            if key in other_layout and other_layout[key] != (dtype, device):
                 raise GrowcError(
                     f"parent {i}'s '{key}' is {other_layout[key][0]} on {other_layout[key][1]}, parent 0's {dtype} on "
                     f"{device}: fuse needs parents of one dtype on one device"
@@ -864,6 +864,7 @@ def _check_same_architecture(parents: list[fx.GraphModule]) -> None:
 
 
 def _state_layout(gm: nn.Module) -> dict[str, tuple[str, str]]:
+    """Each state-dict entry's dtype and device (banks included: parents may hold differently named ones)."""
     return {
         k: (str(v.dtype).removeprefix("torch."), str(v.device))
         for k, v in gm.state_dict().items()

@@ -456,3 +456,15 @@ def test_zero_sized_weights_take_the_fallback() -> None:
     x = torch.randn(2, 0)
     gm = growc.fuse([a, b], (x,), cross_init="zero")
     assert_same_function(Ensemble([a, b], "sum"), gm, (x,), rtol=1e-5, atol=1e-5)
+
+
+def test_parents_whose_tensors_differ_in_dtype_one_by_one_are_refused() -> None:
+    a, b = _cnn(), _cnn(seed=1)
+    a.features[1].double()  # both parents hold float32 and float64 tensors, but not the same ones
+    b.fc.double()
+    with pytest.raises(
+        growc.GrowcError,
+        match=r"^parent 1's 'features\.1\.weight' is float32 on cpu, parent 0's float64 on cpu: fuse needs parents of "
+        r"one dtype on one device$",
+    ):
+        growc.fuse([a, b], CNN_X, verify=False)
