@@ -685,7 +685,9 @@ def templatize(
         leaf_modules, autowrap_functions, concrete_args: tracing options, see :func:`growc.trace`.
         verify: run ``model`` and the result once on ``example_inputs`` and report the difference (in the mode
             the graph was traced in: eval for an eval-mode model, train mode on copies with one seed otherwise);
-            with ``init="exact"`` a difference above :data:`EXACT_TOLERANCE` raises ``GrowcPassError``.
+            with ``init="exact"`` a difference above :func:`growc.analysis.exactness_tolerance` of the model's
+            dtype (:data:`EXACT_TOLERANCE` in float32) raises ``GrowcPassError``; a non-finite output of the model
+            raises ``GrowcDataError``.
         layers: optional glob patterns (``fnmatch``; ``*`` also matches dots) over weight names
             (``layer1.0.conv1.weight``) or their module paths (``layer1.0.conv1``): only matching weights are
             templatized, the rest stay plain and are listed in ``skipped``. A pattern that matches no weight raises
@@ -695,7 +697,12 @@ def templatize(
         The templatized GraphModule. ``gm.meta["growc"]["templatize"]`` holds the report: ``banks`` (kind,
         weight shape, groups, layers, K, predicted and measured relative error), ``layers`` (predicted and
         measured error each), ``skipped`` (with reasons), ``params`` before/after, ``shapes`` (analysis),
-        ``notes``, and ``output`` (max abs/rel difference).
+        ``notes``, and ``output`` (max abs/rel difference, and the tolerance of the model's dtype).
+
+    Raises:
+        GrowcDataError: a parameter, normalization statistic or example input holding NaN or infinity (or on the
+            meta device), another buffer holding NaN, or banks beyond growc's size bound (:data:`SIZE_FACTOR`).
+        GrowcConfigError: an option of the wrong type or range, or a model that fails on its example inputs.
     """
     _check_module("templatize", model)
     if sharing not in ("layer", "shape", "shape_window"):
