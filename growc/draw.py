@@ -60,13 +60,16 @@ def graph_dot(gm: fx.GraphModule, title: str = "growc") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_graphic(dot: str, path: str | Path) -> Path:
-    """Write DOT text to ``path``: ``.dot``/``.gv`` as text, ``.svg``/``.png``/``.pdf`` rendered by Graphviz."""
+def write_graphic(dot: str, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write DOT text to ``path``: ``.dot``/``.gv`` as text, ``.svg``/``.png``/``.pdf`` rendered by Graphviz.
+
+    Written atomically (missing folders are created); ``overwrite=False`` refuses an existing file. A disk problem is
+    a :class:`~growc.errors.GrowcIOError` naming ``path``.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     suffix = target.suffix.lower()
     if suffix in (".dot", ".gv"):
-        atomic_write_text(target, dot)
+        atomic_write_text(target, dot, overwrite=overwrite)
         return target
     if suffix not in _RENDERED:
         raise GrowcError(f"cannot draw to '{target}': use a .dot, .gv, .svg, .png or .pdf file name")
@@ -76,10 +79,13 @@ def write_graphic(dot: str, path: str | Path) -> Path:
             f"drawing '{target}' needs the Graphviz 'dot' program, which is not on PATH: install Graphviz or "
             f"write '{target.with_suffix('.dot')}' and render it elsewhere"
         )
-    done = subprocess.run([program, f"-T{_RENDERED[suffix]}"], input=dot.encode(), capture_output=True, check=False)
+    try:
+        done = subprocess.run([program, f"-T{_RENDERED[suffix]}"], input=dot.encode(), capture_output=True, check=False)
+    except OSError as error:
+        raise GrowcError(f"cannot run Graphviz's '{program}' to render '{target}': {error.strerror or error}") from None
     if done.returncode != 0:
         raise GrowcError(f"Graphviz failed to render '{target}': {done.stderr.decode(errors='replace').strip()}")
-    with atomic_file(target) as tmp:
+    with atomic_file(target, overwrite=overwrite) as tmp:
         tmp.write_bytes(done.stdout)
     return target
 
@@ -111,8 +117,14 @@ def coefficient_rows(gm: nn.Module) -> list[tuple[str, list[float]]]:
     return rows
 
 
-def coefficient_heatmap(gm: nn.Module, path: str | Path, *, title: str = "template coefficients") -> Path:
-    """Draw :func:`coefficient_rows` as a heatmap (rows: bank rows, columns: templates) with matplotlib."""
+def coefficient_heatmap(
+    gm: nn.Module, path: str | Path, *, title: str = "template coefficients", overwrite: bool = True
+) -> Path:
+    """Draw :func:`coefficient_rows` as a heatmap (rows: bank rows, columns: templates) with matplotlib.
+
+    Written atomically (missing folders are created); ``overwrite=False`` refuses an existing file. A disk problem is
+    a :class:`~growc.errors.GrowcIOError` naming ``path``.
+    """
     try:
         import matplotlib
 
@@ -123,7 +135,6 @@ def coefficient_heatmap(gm: nn.Module, path: str | Path, *, title: str = "templa
     target = Path(path)
     if target.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise GrowcError(f"cannot draw the heatmap to '{target}': use a .png, .svg or .pdf file name")
-    target.parent.mkdir(parents=True, exist_ok=True)
     rows = coefficient_rows(gm)
     width = max(len(values) for _, values in rows)
     grid = [[*values, *([math.nan] * (width - len(values)))] for _, values in rows]
@@ -138,7 +149,7 @@ def coefficient_heatmap(gm: nn.Module, path: str | Path, *, title: str = "templa
         ax.set_title(title)
         fig.colorbar(image, ax=ax, fraction=0.05)
         fig.tight_layout()
-        with atomic_file(target) as tmp:
+        with atomic_file(target, overwrite=overwrite) as tmp:
             fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
