@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -68,7 +69,7 @@ def atomic_directory(
 
     Any ``OSError`` while writing or publishing becomes a :class:`~growc.errors.GrowcIOError` naming the path.
     """
-    dest = Path(destination).resolve()
+    dest = resolve_output(destination)
     check = replaceable or _same_files
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def atomic_directory(
         raise io_error(error, dest.parent, "cannot create the output folder in") from None
     _check_destination(dest, overwrite, check, what, None)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{_writer_tag()}-", dir=dest.parent))
     except OSError as error:
         raise io_error(error, dest.parent, "cannot create the output folder in") from None
     try:
@@ -110,6 +111,15 @@ def io_error(error: OSError, path: str | os.PathLike[str], doing: str) -> GrowcI
     return GrowcIOError(f"{doing} '{path}' failed: {reason}{hint}", path=os.fspath(path))
 
 
+def resolve_output(path: str | os.PathLike[str]) -> Path:
+    """The absolute path an output at ``path`` is written to: its folder resolved (``..`` and links), its last
+    component kept, so a link there (even a dangling one) is an existing entry, never followed."""
+    raw = Path(path)
+    if raw.name in ("", ".", ".."):
+        return raw.resolve()
+    return raw.parent.resolve() / raw.name
+
+
 def check_destination(
     destination: str | os.PathLike[str],
     *,
@@ -119,7 +129,7 @@ def check_destination(
 ) -> Path:
     """Resolve ``destination`` and check that :func:`atomic_directory` may publish there (the same rules); return
     the resolved path. For a quick refusal before long work: the publish checks again."""
-    dest = Path(destination).resolve()
+    dest = resolve_output(destination)
     _check_destination(dest, overwrite, replaceable or _same_files, what, None)
     return dest
 
@@ -153,9 +163,7 @@ def _is_replaceable(folder: Path, replaceable: Callable[[Path], bool], new_names
     try:
         if not any(folder.iterdir()):
             return True  # an empty folder holds nothing to lose
-        if replaceable is _same_files:
-            return _same_files(folder, new_names)
-        return replaceable(folder)
+        return _same_files(folder, new_names) and (replaceable is _same_files or replaceable(folder))
     except OSError:
         return False
 
@@ -173,24 +181,27 @@ def _publish(tmp: Path, dest: Path, overwrite: bool, replaceable: Callable[[Path
         raise _raced(dest)
     _check_destination(dest, overwrite, replaceable, what, tmp)
     new_names = {p.name for p in tmp.iterdir()}
-    old = None
-    if overwrite and os.path.lexists(dest):
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{os.getpid()}-", dir=dest.parent))
-        aside = old / dest.name
-        os.rename(dest, aside)
-        if aside.is_symlink() or not aside.is_dir() or not _is_replaceable(aside, replaceable, new_names):
-            os.rename(aside, dest)  # changed since the check: put it back as it was
-            old.rmdir()
-            raise GrowcExistsError(
-                f"refusing to replace '{dest}': it is not {what}; choose another output folder",
-                path=os.fspath(dest),
-            )
+    old = aside = None
     try:
-        rename_no_replace(tmp, dest)
-    except FileExistsError:
-        if old is not None:  # another writer published in between: theirs stays, ours goes, the old one too
-            shutil.rmtree(old, ignore_errors=True)
-        raise _raced(dest) from None
+        if overwrite and os.path.lexists(dest):
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{_writer_tag()}-", dir=dest.parent))
+            aside = old / dest.name
+            os.rename(dest, aside)
+            if aside.is_symlink() or not aside.is_dir() or not _is_replaceable(aside, replaceable, new_names):
+                raise GrowcExistsError(
+                    f"refusing to replace '{dest}': it is not {what}; choose another output folder",
+                    path=os.fspath(dest),
+                )
+        try:
+            rename_no_replace(tmp, dest)
+        except FileExistsError:
+            raise _raced(dest) from None
+    except BaseException:
+        if aside is not None and os.path.lexists(aside) and not os.path.lexists(dest):
+            os.rename(aside, dest)  # whatever went wrong, the old folder is back where it was, untouched
+        if old is not None and os.path.lexists(old) and not os.path.lexists(old / dest.name):
+            old.rmdir()
+        raise
     _sync_dir(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -267,27 +278,43 @@ def _sync_tree(root: Path) -> None:
         _sync_dir(Path(folder))
 
 
+def _writer_tag() -> str:
+    """``PID-HOST`` (HOST: 8 hex digits of this machine's name) in the names of a writer's temporaries: debris is
+    recognized only when this host wrote it and its process is gone (another host's process cannot be checked)."""
+    return f"{os.getpid()}-{_HOST}"
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part
+
+
+def _dead_writer(match: re.Match[str] | None) -> bool:
+    return match is not None and match["host"] == _HOST and not _alive(int(match["pid"]))
+
+
 def _remove_stale(dest: Path) -> None:
     """Clean up after a writer that was killed (SIGKILL: no cleanup possible) beside ``dest``: delete its temporary
     folder; and if it died while replacing ``dest``, put the previous ``dest`` back (or drop it once the new one is
-    in place)."""
-    for kind in ("tmp", "old"):
-        for entry in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*-*"):
-            pid = entry.name[len(dest.name) + len(kind) + 3 :].partition("-")[0]
-            if not pid.isdigit() or _alive(int(pid)):
-                continue
-            previous = entry / dest.name
-            if kind == "old" and previous.exists() and not dest.exists():
-                os.replace(previous, dest)
-            shutil.rmtree(entry, ignore_errors=True)
+    in place). Only names growc makes, from this host, of a process that is gone, are touched."""
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<host>[0-9a-f]{{8}})-{_RANDOM}")
+    for entry in dest.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if not _dead_writer(match) or entry.is_symlink() or not entry.is_dir():
+            continue
+        assert match is not None
+        previous = entry / dest.name
+        if match["kind"] == "old" and previous.is_dir() and not os.path.lexists(dest):
+            os.rename(previous, dest)
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def _remove_stale_files(target: Path) -> None:
-    """Delete the temporary files of killed :func:`atomic_file` writers of ``target`` (their pid is not alive)."""
-    prefix = f".{target.stem}.tmp-"
-    for entry in target.parent.glob(f"{glob.escape(prefix)}*-*{glob.escape(target.suffix)}"):
-        pid = entry.name[len(prefix) :].partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)) and entry.is_file() and not entry.is_symlink():
+    """Delete the temporary files of killed :func:`atomic_file` writers of ``target`` (same rules as folders)."""
+    pattern = re.compile(
+        rf"\.{re.escape(target.stem)}\.tmp-(?P<pid>\d+)-(?P<host>[0-9a-f]{{8}})-{_RANDOM}{re.escape(target.suffix)}"
+    )
+    for entry in target.parent.iterdir():
+        if _dead_writer(pattern.fullmatch(entry.name)) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
 
 
@@ -394,13 +421,13 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     never replaces) raises :class:`~growc.errors.GrowcExistsError`. A folder at ``path`` is never replaced. Any
     ``OSError`` becomes a :class:`~growc.errors.GrowcIOError` naming ``path``.
     """
-    target = Path(path).resolve()
+    target = resolve_output(path)
     _check_file_target(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_files(target)
         fd, name = tempfile.mkstemp(
-            prefix=f".{target.stem}.tmp-{os.getpid()}-", suffix=target.suffix, dir=target.parent
+            prefix=f".{target.stem}.tmp-{_writer_tag()}-", suffix=target.suffix, dir=target.parent
         )
         os.close(fd)
     except OSError as error:
@@ -433,6 +460,8 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
 
 
 def _check_file_target(target: Path, overwrite: bool) -> None:
+    if target.is_symlink():
+        raise GrowcExistsError(f"'{target}' is a symbolic link; growc never writes through one", path=os.fspath(target))
     if target.is_dir():
         raise GrowcExistsError(f"'{target}' is a folder; give a file name", path=os.fspath(target))
     if not overwrite and os.path.lexists(target):

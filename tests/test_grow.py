@@ -515,12 +515,19 @@ def test_grow_through_dotdot_never_replaces_a_user_folder_or_file(small_spec: Pa
     assert not (root / "nonexistent").exists() and not (root / "x").exists()
 
 
-def test_an_artifact_whose_report_was_forged_onto_a_user_folder_is_still_checked_at_publish(small_spec: Path) -> None:
+def test_overwrite_never_takes_a_users_files_with_an_artifact_or_a_forged_report(small_spec: Path) -> None:
     root = small_spec.parent
     dest, _ = grow(small_spec, root / "art")
-    (dest / "notes.md").write_text("the user's notes inside an artifact are replaced with it")
-    grow(small_spec, dest, overwrite=True)
-    assert sorted(os.listdir(dest)) == sorted(ARTIFACT_FILES)
+    (dest / "notes.md").write_text("the user's notes")
+    with pytest.raises(GrowcExistsError, match=r"refusing to replace '.*art': it is not a growc artifact folder"):
+        grow(small_spec, dest, overwrite=True)
+    assert (dest / "notes.md").read_text() == "the user's notes"
+    (root / "user").mkdir()
+    (root / "user" / "thesis.tex").write_text("years of work")
+    (root / "user" / "report.json").write_text('{"format": "growc-artifact"}')
+    with pytest.raises(GrowcExistsError, match="refusing to replace"):
+        grow(small_spec, root / "user", overwrite=True)
+    assert (root / "user" / "thesis.tex").read_text() == "years of work"
 
 
 # ------------------------------------------------------------------------------------------ bounded work

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import multiprocessing
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from growc.io import (
     save_state_dict,
     save_tensors,
 )
+
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # in the names of growc's temporaries
 
 
 def test_failure_inside_leaves_no_folder(tmp_path: Path) -> None:
@@ -42,8 +46,8 @@ def test_failed_overwrite_keeps_the_old_folder(tmp_path: Path) -> None:
     assert (dest / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     with atomic_directory(dest, overwrite=True, replaceable=lambda p: (p / "a.txt").is_file()) as tmp:
-        (tmp / "b.txt").write_text("new")
-    assert [p.name for p in dest.iterdir()] == ["b.txt"]
+        (tmp / "a.txt").write_text("new")
+    assert (dest / "a.txt").read_text() == "new"
 
 
 def test_existing_folder_is_refused_without_overwrite(tmp_path: Path) -> None:
@@ -67,18 +71,19 @@ def test_weights_round_trip_with_shared_storage(tmp_path: Path) -> None:
 
 def test_a_writer_killed_while_replacing_gets_its_old_folder_back(tmp_path: Path) -> None:
     dest = tmp_path / "art"
-    dead = tmp_path / ".art.old-999999999-x"  # as left by a writer killed between its two renames (no pid alive)
+    dead = tmp_path / f".art.old-999999999-{HOST}-abcd1234"  # a writer killed between its two renames, pid gone
     (dead / "art").mkdir(parents=True)
     (dead / "art" / "model.safetensors").write_text("the previous artifact")
     with pytest.raises(FileExistsError), atomic_directory(dest):  # the next writer first restores it
         pass
     assert (dest / "model.safetensors").read_text() == "the previous artifact"
     assert not dead.exists()
-    stale_tmp = tmp_path / ".art.tmp-999999999-y"
+    stale_tmp = tmp_path / f".art.tmp-999999999-{HOST}-abcd1234"
     stale_tmp.mkdir()
     with atomic_directory(dest, overwrite=True, replaceable=lambda p: (p / "model.safetensors").is_file()) as tmp:
-        (tmp / "new").write_text("new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and (dest / "new").read_text() == "new"
+        (tmp / "model.safetensors").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert (dest / "model.safetensors").read_text() == "new"
 
 
 # --------------------------------------------------------------------------- only what growc wrote is replaced
@@ -113,7 +118,8 @@ def test_overwrite_replaces_only_a_folder_its_predicate_recognizes(tmp_path: Pat
     (dest / "mark").write_text("")
     with atomic_directory(dest, overwrite=True, replaceable=lambda p: (p / "mark").is_file()) as tmp:
         (tmp / "mark").write_text("new")
-    assert [p.name for p in dest.iterdir()] == ["mark"]
+        (tmp / "a.txt").write_text("new")
+    assert sorted(p.name for p in dest.iterdir()) == ["a.txt", "mark"] and (dest / "mark").read_text() == "new"
 
 
 def test_by_default_overwrite_replaces_a_folder_of_the_same_files_only(tmp_path: Path) -> None:
@@ -253,7 +259,66 @@ def test_read_json_refuses_what_growc_did_not_write(tmp_path: Path, content: byt
 
 
 def test_a_killed_file_writers_temporary_is_removed_by_the_next_writer(tmp_path: Path) -> None:
-    (tmp_path / ".metrics.tmp-999999999-abc.jsonl").write_text("debris of a SIGKILLed writer")
-    (tmp_path / f".metrics.tmp-{os.getpid()}-live.jsonl").write_text("a live writer's temporary")
+    (tmp_path / f".metrics.tmp-999999999-{HOST}-abcd1234.jsonl").write_text("debris of a SIGKILLed writer")
+    keep = [
+        f".metrics.tmp-{os.getpid()}-{HOST}-abcd1234.jsonl",  # a live writer's
+        ".metrics.tmp-999999999-0badc0de-abcd1234.jsonl",  # another host's: its process cannot be checked
+        ".metrics.tmp-999999999-mine.jsonl",  # not a name growc makes
+    ]
+    for name in keep:
+        (tmp_path / name).write_text("not debris")
     atomic_write_text(tmp_path / "metrics.jsonl", "rows\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".metrics.tmp-{os.getpid()}-live.jsonl", "metrics.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*keep, "metrics.jsonl"])
+
+
+def test_a_folder_holding_anything_the_new_one_does_not_write_is_never_replaced(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    recognized = lambda p: (p / "report.json").is_file()  # noqa: E731 - as a forged report.json would pass
+    with atomic_directory(dest) as tmp:
+        (tmp / "report.json").write_text("{}")
+    (dest / "thesis.tex").write_text("years of work")
+    (dest / "plots").mkdir()
+    for extra in ("thesis.tex", "plots"):  # a user's file, then a user's (empty) folder
+        with pytest.raises(GrowcExistsError, match="refusing to replace"):
+            with atomic_directory(dest, overwrite=True, replaceable=recognized) as tmp:
+                (tmp / "report.json").write_text("{}")
+        assert (dest / extra).exists()
+        (dest / "thesis.tex").unlink(missing_ok=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["plots", "report.json"]
+
+
+def test_a_failed_replace_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "out"
+    with atomic_directory(dest) as tmp:
+        (tmp / "a.txt").write_text("old")
+
+    def broken(*args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("growc.io.rename_no_replace", broken)
+    with pytest.raises(GrowcIOError, match="Input/output error"), atomic_directory(dest, overwrite=True) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (dest / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_link_is_an_existing_entry_never_followed(tmp_path: Path) -> None:
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "deep")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "to-folder").symlink_to(tmp_path / "real")
+    for link in ("dangling", "to-folder"):
+        for overwrite in (False, True):
+            with pytest.raises(GrowcExistsError), atomic_directory(tmp_path / link, overwrite=overwrite) as tmp:
+                (tmp / "a.txt").write_text("x")
+        with pytest.raises(GrowcExistsError):
+            atomic_write_text(tmp_path / link, "x")
+    assert not (tmp_path / "nowhere").exists() and list((tmp_path / "real").iterdir()) == []
+
+
+def test_debris_is_only_what_a_dead_writer_of_this_host_left(tmp_path: Path) -> None:
+    names = [".keep.tmp-999999-mine", ".keep.tmp-999999-0badc0de-abcd1234", f".keep.tmp-{os.getpid()}-{HOST}-abcd1234"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "precious").write_text("p")
+    with atomic_directory(tmp_path / "keep") as tmp:
+        (tmp / "a").write_text("a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, "keep"])
