@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -610,8 +611,16 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))
 
 
-def _fail(command: str, kind: str, message: str, debug: bool) -> int:
+def _print_warnings(command: str, caught: list[warnings.WarningMessage]) -> None:
+    shown = dict.fromkeys(f"{w.category.__name__}: {_one_line(str(w.message))}" for w in caught)
+    for text in shown:
+        print(f"growc {command}: warning: {text}", file=sys.stderr)
+
+
+def _fail(command: str, kind: str, message: str, debug: bool, caught: list[warnings.WarningMessage]) -> int:
+    """Print the error's one line (after the warnings and the traceback with ``--debug``); return 1."""
     if debug:
+        _print_warnings(command, caught)
         traceback.print_exc(file=sys.stderr)
     print(f"growc {command}: {kind}: {_one_line(message)}", file=sys.stderr)
     return 1
@@ -629,21 +638,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         signal.signal(signal.SIGTERM, _terminate)
+    caught: list[warnings.WarningMessage] = []
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings(record=True) as caught:  # one line each after a success; none after an error
+            code = int(args.func(args))
+        _print_warnings(command, caught)
+        return code
     except KeyboardInterrupt:
         after = "rerun the command to resume" if command == "train" else "nothing was written"
         print(f"growc {command}: interrupted; {after}", file=sys.stderr)
         return 130
     except GrowcError as error:
-        return _fail(command, "error", str(error) or type(error).__name__, debug)
+        return _fail(command, "error", str(error) or type(error).__name__, debug, caught)
     except OSError as error:
-        return _fail(command, "error", _os_message(error), debug)
+        return _fail(command, "error", _os_message(error), debug, caught)
     except Exception as error:  # noqa: BLE001 - the last resort: one line, never a traceback unless --debug
         if _out_of_memory(error):
-            return _fail(command, "error", f"out of memory: {error}: use a smaller model, input or growth", debug)
+            message = f"out of memory: {error}: use a smaller model, input or growth"
+            return _fail(command, "error", message, debug, caught)
         message = f"{type(error).__name__}: {error} (this is a bug in growc; rerun with --debug for the traceback)"
-        return _fail(command, "internal error", message, debug)
+        return _fail(command, "internal error", message, debug, caught)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -547,3 +547,29 @@ def test_two_drawings_into_one_file_are_refused_before_any_work(
         "file"
     )
     assert not Path("d.dot").exists()
+
+
+def test_warnings_are_one_line_each_and_an_error_stays_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    def warn(args: object) -> int:
+        warnings.warn("careful\nnow", UserWarning, stacklevel=1)
+        warnings.warn("careful\nnow", UserWarning, stacklevel=1)  # the same warning twice: printed once
+        return 0
+
+    def warn_then_fail(args: object) -> int:
+        warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=1)
+        raise growc.GrowcError("the model fails")
+
+    monkeypatch.setattr("growc.cli._schema", warn)
+    assert main(["schema"]) == 0
+    assert capsys.readouterr().err == "growc schema: warning: UserWarning: careful; now\n"
+    monkeypatch.setattr("growc.cli._schema", warn_then_fail)
+    assert main(["schema"]) == 1
+    assert capsys.readouterr().err == "growc schema: error: the model fails\n"
+    assert main(["schema", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "growc schema: warning: UserWarning: Initializing zero-element tensors is a no-op\n" in err
+    assert err.endswith("growc schema: error: the model fails\n")
