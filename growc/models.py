@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -246,57 +247,82 @@ class ModelBuildError(GrowcConfigError):
     """A model's factory raised (e.g. it does not take a keyword argument it was given)."""
 
 
+_NETWORK_EVENTS = frozenset(
+    {
+        "socket.connect",
+        "socket.sendto",
+        "socket.sendmsg",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyaddr",
+        "urllib.Request",
+    }
+)
+_GUARDS: list[_NoDownload] = []  # the active guards, innermost last
+_HOOKED = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """A ``sys.addaudithook`` hook: while a guard is active, any network event (Python's or a C extension's socket
+    calls included, in any thread) raises and is recorded, so a factory that swallows the error is refused too."""
+    if not _GUARDS or event not in _NETWORK_EVENTS:
+        return
+    target = next((a for a in args if isinstance(a, str) and a), None)
+    if target is None:
+        address = next((a for a in args if isinstance(a, tuple) and a and isinstance(a[0], str)), None)
+        target = ":".join(str(part) for part in address[:2]) if address else event
+    guard = _GUARDS[-1]
+    guard.attempts.append(target)
+    raise guard.refusal(f"reach the network at '{target}'")
+
+
 class _NoDownload:
-    """While active: every way torch, torchvision or other code reaches the network raises
-    :class:`~growc.errors.GrowcConfigError` (torch.hub's downloads by name, any other socket connection below)."""
+    """While active: torch.hub's downloads (and cache loads) raise, and so does every network call of the process
+    (an audit hook sees sockets, DNS lookups and urllib requests, C-level ones included). The first attempt is the
+    error when the guarded code swallowed it."""
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.saved: list[tuple[Any, str, Any]] = []
+        self.attempts: list[str] = []
 
-    def _refuse(self, target: str) -> Any:
-        what = self.what
+    def refusal(self, action: str) -> GrowcConfigError:
+        return GrowcConfigError(
+            f"building {self.what} tried to {action}: growc never downloads weights or code; give trained weights as "
+            "a local safetensors file (torchvision's weights arguments are set to None)"
+        )
 
+    def _hub(self, name: str) -> Any:
         def refuse(*args: Any, **kwargs: Any) -> Any:
-            for arg in args:
-                if isinstance(arg, str):
-                    shown = arg
-                    break
-                if isinstance(arg, tuple) and arg and isinstance(arg[0], str):
-                    shown = ":".join(str(part) for part in arg[:2])
-                    break
-            else:
-                shown = target
-            action = "download" if target.startswith("torch.hub") else "reach the network at"
-            raise GrowcConfigError(
-                f"building {what} tried to {action} '{shown}': growc never downloads weights or code; give trained "
-                "weights as a local safetensors file (torchvision's weights arguments are set to None)"
-            )
+            url = next((a for a in args if isinstance(a, str)), f"torch.hub.{name}")
+            self.attempts.append(url)
+            raise self.refusal(f"download '{url}'")
 
         return refuse
 
-    def _patch(self, owner: Any, name: str, target: str) -> None:
-        if hasattr(owner, name):
-            self.saved.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, self._refuse(target))
-
     def __enter__(self) -> _NoDownload:
-        import socket
-
+        global _HOOKED
         import torch.hub
 
+        if not _HOOKED:
+            sys.addaudithook(_audit)  # cannot be removed: it does nothing while no guard is active
+            _HOOKED = True
         for name in ("download_url_to_file", "load_state_dict_from_url", "load", "_get_cache_or_reload"):
-            self._patch(torch.hub, name, f"torch.hub.{name}")
-        for name in ("connect", "connect_ex"):
-            self._patch(socket.socket, name, "socket")
-        self._patch(socket, "create_connection", "socket")
-        self._patch(socket, "getaddrinfo", "socket")
+            if hasattr(torch.hub, name):
+                self.saved.append((torch.hub, name, getattr(torch.hub, name)))
+                setattr(torch.hub, name, self._hub(name))
+        _GUARDS.append(self)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        _GUARDS.remove(self)
         for owner, name, value in reversed(self.saved):
             setattr(owner, name, value)
         self.saved.clear()
+        if kind is None and self.attempts:  # the guarded code caught the refusal and went on
+            first = self.attempts[0]
+            action = f"download '{first}'" if "://" in first else f"reach the network at '{first}'"
+            raise self.refusal(action)
 
 
 def no_downloads(what: str = "the model") -> _NoDownload:

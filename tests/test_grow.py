@@ -705,7 +705,7 @@ def test_a_factory_that_downloads_is_stopped_with_the_spec_line(
     monkeypatch.syspath_prepend(str(tmp_path))
     for factory, what in (
         ("hub", "download 'https://example.invalid/weights.pth'"),
-        ("raw", "reach the network at '127.0.0.1:9'"),
+        ("raw", "reach the network at 'http://127.0.0.1:9/weights'"),
     ):
         path = tmp_path / f"{factory}.yaml"
         path.write_text(

@@ -80,15 +80,25 @@ def test_every_torchvision_weights_argument_is_none_and_a_given_one_refused() ->
     assert isinstance(model, nn.Module)
 
 
-def test_no_downloads_stops_torch_hub_and_sockets_and_restores_them() -> None:
+def test_no_downloads_stops_torch_hub_and_every_socket_and_restores_them() -> None:
+    import _socket
     import socket
 
     import torch.hub
 
-    before = (torch.hub.download_url_to_file, socket.socket.connect, socket.getaddrinfo)
-    with no_downloads("a test"):
-        with pytest.raises(GrowcConfigError, match=r"building a test tried to download 'https://example.invalid/w"):
-            torch.hub.download_url_to_file("https://example.invalid/w", "/tmp/w")
-        with pytest.raises(GrowcConfigError, match=r"tried to reach the network at 'example.invalid:80'"):
-            socket.create_connection(("example.invalid", 80))
-    assert (torch.hub.download_url_to_file, socket.socket.connect, socket.getaddrinfo) == before
+    before = (torch.hub.download_url_to_file, torch.hub.load_state_dict_from_url)
+    with pytest.raises(GrowcConfigError, match=r"building a test tried to download 'https://example.invalid/w"):
+        with no_downloads("a test"):  # each attempt is caught here, and the guard still refuses when it ends
+            with pytest.raises(GrowcConfigError, match=r"building a test tried to download 'https://example.inv"):
+                torch.hub.download_url_to_file("https://example.invalid/w", "/tmp/w")
+            with pytest.raises(GrowcConfigError, match=r"tried to reach the network at 'example.invalid'"):
+                socket.create_connection(("example.invalid", 80))
+            raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)  # below the socket module's Python class
+            with pytest.raises(GrowcConfigError, match=r"tried to reach the network at '127.0.0.1:9'"):
+                raw.connect(("127.0.0.1", 9))
+            raw.close()
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with pytest.raises(GrowcConfigError, match=r"tried to reach the network at '127.0.0.1:9'"), udp:
+                udp.sendto(b"x", ("127.0.0.1", 9))
+    assert (torch.hub.download_url_to_file, torch.hub.load_state_dict_from_url) == before
+    socket.getaddrinfo("localhost", 80)  # outside a guard nothing is stopped
