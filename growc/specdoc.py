@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 MAX_NODES = 100_000
+MAX_BYTES = 16 << 20  # a spec or recipe is a few kilobytes
 MAX_DEPTH = 64
 
 Path_ = tuple[str | int, ...]
@@ -365,7 +366,13 @@ def load_document(
     name = file if file is not None else str(source)
     if text is None:
         try:
-            raw = Path(source).read_bytes()
+            path = Path(source)
+            if path.exists() and not path.is_file():
+                raise GrowcSpecError([SpecIssue(name, 1, 1, "", "not a plain file (a folder, a pipe or a device)")])
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_BYTES + 1)
+            if len(raw) > MAX_BYTES:
+                raise GrowcSpecError([SpecIssue(name, 1, 1, "", f"the file is larger than {MAX_BYTES >> 20} MiB")])
         except OSError as error:
             raise GrowcSpecError([SpecIssue(name, 1, 1, "", f"cannot read the file: {error.strerror}")]) from None
         try:

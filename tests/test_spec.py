@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import string
 from pathlib import Path
@@ -316,3 +317,16 @@ def test_fuzzed_yaml_text_raises_only_located_spec_errors(text: str) -> None:
 @given(st.text(max_size=200))
 def test_arbitrary_text_raises_only_located_spec_errors(text: str) -> None:
     _check_only_located_spec_errors(text)
+
+
+def test_a_pipe_a_folder_or_an_endless_file_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    for name in ("fifo", "folder"):
+        with pytest.raises(GrowcSpecError, match=rf"{name}:1:1: not a plain file \(a folder, a pipe or a device\)"):
+            load_spec(tmp_path / name)
+    with pytest.raises(GrowcSpecError, match=r"zero:1:1: not a plain file"):
+        load_spec("/dev/zero")
+    (tmp_path / "big.yaml").write_bytes(b"#" * (17 << 20))
+    with pytest.raises(GrowcSpecError, match=r"big.yaml:1:1: the file is larger than 16 MiB"):
+        load_spec(tmp_path / "big.yaml")
