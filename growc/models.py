@@ -377,8 +377,14 @@ def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
         try:
             with no_downloads(f"model '{ref}'"):
                 module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise GrowcConfigError(f"cannot import '{module_name}' for model '{ref}': {error}") from error
+        except GrowcError:
+            raise
+        except (ImportError, ValueError, TypeError) as error:  # '' and '.x' are not importable names
+            raise GrowcConfigError(f"cannot import '{module_name}' for model '{ref}': {error}") from None
+        except Exception as error:  # noqa: BLE001 - importing runs the module's code: say which and what
+            raise ModelBuildError(
+                f"importing '{module_name}' for model '{ref}' failed: {type(error).__name__}: {error}"[:500]
+            ) from None
         factory = module
         for part in attr.split("."):
             if not hasattr(factory, part):

@@ -119,20 +119,6 @@ def _spec_with(model: str) -> str:
 # test_known_open_reproducers_still_escape fails as soon as one is fixed: then delete its entry.
 KNOWN_OPEN = [
     Open(
-        ("check", "spec.yaml"),
-        (("spec.yaml", _spec_with("':'")),),
-        "internal error: ValueError: Empty module name",
-        "growc/models.py resolve_model: importlib.import_module('') raises ValueError, not ImportError",
-        "model-empty-module-name",
-    ),
-    Open(
-        ("check", "spec.yaml"),
-        (("spec.yaml", _spec_with("'.:x'")),),
-        "internal error: TypeError: the 'package' argument is required to perform a relative import for '.'",
-        "growc/models.py resolve_model: importlib.import_module('.') raises TypeError, not ImportError",
-        "model-relative-module-name",
-    ),
-    Open(
         ("grow", "spec.yaml", "--out", "widened"),
         (("spec.yaml", WIDEN.replace('layers: ["features.*"]', "layers: []")),),
         "internal error: AttributeError: 'CNN1d' object has no attribute 'growc_banks'",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -102,3 +104,9 @@ def test_no_downloads_stops_torch_hub_and_every_socket_and_restores_them() -> No
                 udp.sendto(b"x", ("127.0.0.1", 9))
     assert (torch.hub.download_url_to_file, torch.hub.load_state_dict_from_url) == before
     socket.getaddrinfo("localhost", 80)  # outside a guard nothing is stopped
+
+
+@pytest.mark.parametrize("ref", [":", ".:x", "..nope:f"])
+def test_a_reference_that_names_no_importable_module_is_a_config_error(ref: str) -> None:
+    with pytest.raises(GrowcConfigError, match=rf"cannot import '.*' for model '{re.escape(ref)}'"):
+        resolve_model(ref)
