@@ -160,7 +160,8 @@ def implied_size(spec: GrowthSpec, *, trust_code: bool = True) -> dict[str, Any]
 
     Each parent is built on the meta device (shapes only: no memory, no initialization); the grown network is
     bounded by the parents' elements times the square of the total width factor (every step's factor multiplied:
-    a convolution or linear layer ``f`` times wider has ``f**2`` times the weights). Returns ``parents`` (elements
+    a convolution or linear layer ``f`` times wider has ``f**2`` times the weights) times ``templates.per_bank``
+    (a weight may become that many templates). Returns ``parents`` (elements
     of each), ``factor``, ``grown`` (the bound, in elements) and ``bytes``; a parent whose factory cannot build on
     the meta device (or whose code is not trusted) is left out (``None``).
     """
@@ -181,7 +182,7 @@ def implied_size(spec: GrowthSpec, *, trust_code: bool = True) -> dict[str, Any]
     factor = math.prod(step.factor or 1 for step in spec.growth)
     known = [n for n in parents if n is not None]
     biggest = max(known, default=0)
-    grown = biggest * factor * factor
+    grown = biggest * factor * factor * spec.templates.per_bank  # each weight may become per_bank templates
     size = torch.finfo(DTYPES[spec.input.dtype]).bits // 8
     return {"parents": parents, "factor": factor, "grown": grown, "bytes": grown * size}
 
@@ -557,6 +558,13 @@ def _check_recorded(root: Path, report: dict[str, Any], spec: GrowthSpec, trust_
     size = _check_size(spec, trust_code)
     recorded_size = report.get("size")
     shown = recorded_size.get("parents") if isinstance(recorded_size, dict) else recorded_size
+    probe = report.get("probe")
+    recorded_input = probe.get("shape") if isinstance(probe, dict) else None
+    if recorded_input != list(spec.input.shape):
+        raise GrowcError(
+            f"{where}: the spec's input shape is {list(spec.input.shape)}, the report recorded {recorded_input!r}: "
+            "the artifact was modified after growc grow wrote it"
+        )
     if recorded_size is not None and (
         not isinstance(shown, list)
         or len(shown) != len(size["parents"])
@@ -566,6 +574,12 @@ def _check_recorded(root: Path, report: dict[str, Any], spec: GrowthSpec, trust_
         raise GrowcError(
             f"{where}: the spec's parents have {size['parents']} parameters and buffers, the report recorded "
             f"{shown!r}: the artifact was modified after growc grow wrote it"
+        )
+    if isinstance(recorded_size, dict) and "grown" in recorded_size and recorded_size["grown"] != size["grown"]:
+        raise GrowcError(
+            f"{where}: the spec bounds the grown network at {size['grown']:,} elements, the report recorded "
+            f"{recorded_size['grown']!r} (templates or steps changed): the artifact was modified after growc grow "
+            "wrote it"
         )
     weights = root / "model.safetensors"
     elements = 0

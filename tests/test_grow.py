@@ -734,3 +734,30 @@ def test_half_precision_parents_grow_exactly_and_load_within_their_dtypes_tolera
     assert json.loads((dest / "report.json").read_text())["probe"]["tolerance"] == probe_tolerance(
         getattr(torch, dtype)
     )
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["templates"].__setitem__("per_bank", 1024),
+            r"the spec bounds the grown network at [\d,]+ elements",
+        ),
+        (
+            lambda d: d["input"].__setitem__("shape", [4, 1, 4000]),
+            r"the spec's input shape is \[4, 1, 4000\], the report",
+        ),
+    ],
+    ids=["per-bank", "input-shape"],
+)
+def test_tampered_templates_or_input_are_refused_before_building(
+    artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit, message: str
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    data = yaml.safe_load((copy / "spec.yaml").read_text())
+    edit(data)
+    (copy / "spec.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setattr("growc.build.compile_spec", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(GrowcError, match=message):
+        load(copy)
