@@ -111,10 +111,6 @@ class Open:
     name: str
 
 
-def _spec_with(model: str) -> str:
-    return SPEC.replace("cnn1d-4", model)
-
-
 # A run whose error line shows one of these is not a failure of the fuzz (its other invariants still hold);
 # test_known_open_reproducers_still_escape fails as soon as one is fixed: then delete its entry.
 KNOWN_OPEN = [
