@@ -58,7 +58,15 @@ from torch import nn
 from .build import example_input, grow, load, write_artifact
 from .data import Dataset, load_data
 from .errors import GrowcError, GrowcIOError
-from .io import atomic_directory, atomic_file, atomic_write_text, load_into, save_tensors, sha256_file
+from .io import (
+    atomic_directory,
+    atomic_file,
+    atomic_write_text,
+    load_into,
+    rename_no_replace,
+    save_tensors,
+    sha256_file,
+)
 from .ops import param_groups
 from .recipe import PhaseSpec, RecipeSpec, growth_spec, load_recipe, lr_at
 from .spec import GrowthSpec, load_spec
@@ -298,7 +306,14 @@ def _write_run_json(out: Path, data: dict[str, Any]) -> None:
             handle.write(json.dumps(data, indent=2) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, run)
+        try:
+            rename_no_replace(tmp, run)  # of two runs claiming one folder at once, exactly one gets it
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            raise GrowcError(
+                f"refusing to use '{out}' as the run folder: another growc train claimed it while this one started; "
+                "pass another --out"
+            ) from None
     for stale in out.glob(f"{_RUN_JSON_TMP}*"):
         with contextlib.suppress(OSError):
             stale.unlink()

@@ -556,3 +556,24 @@ def test_a_disk_error_is_a_growc_io_error_naming_the_path_and_the_rerun_is_exact
     monkeypatch.undo()  # the space is free again
     train(folder / "tiny.yaml", tmp_path / "run", progress=False)
     _assert_same_weights(tmp_path / "run", folder / "run")
+
+
+def test_of_two_recipes_claiming_one_folder_at_once_exactly_one_gets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.yaml").write_text(TINY)
+    (tmp_path / "b.yaml").write_text(TINY.replace("seed: 1", "seed: 2"))
+    out = tmp_path / "run"
+    import growc.io
+
+    publish = growc.io.rename_no_replace
+
+    def rival_first(source: object, target: object) -> None:
+        if Path(str(target)).name == "run.json" and not Path(str(target)).exists():
+            Path(str(target)).write_text('{"format": "growc-run", "recipe_sha256": "the other recipe"}\n')
+        publish(source, target)
+
+    monkeypatch.setattr("growc.train.rename_no_replace", rival_first)  # b's claim lands between a's check and write
+    with pytest.raises(GrowcError, match=r"another growc train claimed it while this one started"):
+        train(tmp_path / "a.yaml", out, progress=False)
+    assert json.loads((out / "run.json").read_text())["recipe_sha256"] == "the other recipe"
