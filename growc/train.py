@@ -950,6 +950,14 @@ class _Trainer(_Loop):
             with _writing(final):
                 write_artifact(final, saved, model.cpu(), example_input(saved), report, overwrite=True)
             model.to(self.dist.device)
+        elif self.dist.main:  # a kept final artifact must hold exactly the weights the grown phase ended with
+            kept = load(final, trust_code=True).state_dict()
+            mine = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            if set(kept) != set(mine) or any(not torch.equal(kept[k], mine[k]) for k in mine):
+                raise GrowcError(
+                    f"'{final}' does not hold the weights this run's grown phase ended with ('{self.out / 'grown'}'): "
+                    "it was replaced or edited; delete it and rerun to write it again"
+                )
         results = self._results(parents, growth, grown, model)
         if self.dist.main:
             with _writing(self.out / "results.json"):

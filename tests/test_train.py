@@ -577,3 +577,17 @@ def test_of_two_recipes_claiming_one_folder_at_once_exactly_one_gets_it(
     with pytest.raises(GrowcError, match=r"another growc train claimed it while this one started"):
         train(tmp_path / "a.yaml", out, progress=False)
     assert json.loads((out / "run.json").read_text())["recipe_sha256"] == "the other recipe"
+
+
+def test_a_final_artifact_swapped_for_another_runs_is_refused_on_rerun(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder, _ = finished
+    mine = tmp_path / "mine"
+    shutil.copytree(folder / "run", mine)
+    (tmp_path / "other.yaml").write_text(TINY.replace("seed: 1", "seed: 2"))
+    train(tmp_path / "other.yaml", tmp_path / "other", progress=False)
+    shutil.rmtree(mine / "final")
+    shutil.copytree(tmp_path / "other" / "final", mine / "final")
+    with pytest.raises(GrowcError, match=r"final' does not hold the weights this run's grown phase ended with"):
+        train(folder / "tiny.yaml", mine, progress=False)
