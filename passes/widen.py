@@ -109,6 +109,11 @@ def widen(
         if _is_templatized(model)
         else templatize(model, example_inputs, seed=seed, verify=verify, **options)
     )
+    if method == "mixture" and not len(getattr(base, "growc_banks", ())):
+        raise GrowcConfigError(
+            "widen: method 'mixture' mixes the model's templates, and it has none (templatize selected no weight: "
+            "check templates.layers); choose method net2net, random or zero, or select layers to templatize"
+        )
     params_before = sum(p.numel() for p in base.parameters())
     generator = torch.Generator().manual_seed(seed)
     if method == "net2net":

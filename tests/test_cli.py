@@ -574,3 +574,17 @@ def test_warnings_are_one_line_each_and_an_error_stays_one_line(
     err = capsys.readouterr().err
     assert "growc schema: warning: UserWarning: Initializing zero-element tensors is a no-op\n" in err
     assert err.endswith("growc schema: error: the model fails\n")
+
+
+def test_mixture_widening_with_no_templatized_layer_is_one_located_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "growc: 1\nparents: [{model: cnn1d-4, kwargs: {num_classes: 3}}]\ninput: {shape: [2, 1, 24]}\n"
+        "templates: {init: fresh, layers: []}\ngrowth: [{factor: 2, method: mixture}]\n"
+    )
+    assert main(["grow", str(spec), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s.yaml:5:10: growth[0]: step 0 failed: widen: method 'mixture' mixes" in err
+    assert not (tmp_path / "out").exists()

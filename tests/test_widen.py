@@ -169,3 +169,10 @@ def test_a_factor_beyond_the_size_bound_is_refused_before_allocating() -> None:
 def test_bad_option_types(kwargs, message) -> None:
     with pytest.raises(growc.GrowcConfigError, match="^" + message):
         growc.widen(_cnn(), CNN_X, **kwargs)
+
+
+def test_mixture_widening_of_a_model_without_templates_is_refused() -> None:
+    model = growc.models.CNN1d(width=4, num_classes=3)
+    x = torch.randn(2, 1, 24)
+    with pytest.raises(growc.GrowcConfigError, match=r"widen: method 'mixture' mixes the model's templates, and it"):
+        growc.widen(model, (x,), factor=2, method="mixture", templatize_options={"layers": []})
