@@ -161,24 +161,30 @@ def implied_size(spec: GrowthSpec, *, trust_code: bool = True) -> dict[str, Any]
     Each parent is built on the meta device (shapes only: no memory, no initialization); the grown network is
     bounded by the parents' elements times the square of the total width factor (every step's factor multiplied:
     a convolution or linear layer ``f`` times wider has ``f**2`` times the weights) times ``templates.per_bank``
-    (a weight may become that many templates). Returns ``parents`` (elements
-    of each), ``factor``, ``grown`` (the bound, in elements) and ``bytes``; a parent whose factory cannot build on
-    the meta device (or whose code is not trusted) is left out (``None``).
+    (a weight may become that many templates). Returns ``parents`` (elements of each), ``factor``, ``grown`` (the
+    bound, in elements) and ``bytes``; a parent whose factory cannot build on the meta device (or whose code is not
+    trusted) is left out (``None``).
     """
-    counts: dict[str, int | None] = {}  # parents usually share one reference and kwargs: build each once
+
+    def key(parent: Any) -> str:
+        return json.dumps([parent.model, parent.kwargs], sort_keys=True, default=str)
+
+    # parents usually share one reference and kwargs: build each once. None: code not trusted, or a factory that
+    # cannot build on the meta device (the real build's errors are located at its spec line)
+    counts: dict[str, int | None] = {}
     for parent in spec.parents:
-        key = json.dumps([parent.model, parent.kwargs], sort_keys=True, default=str)
-        if key in counts:
+        name = key(parent)
+        if name in counts:
             continue
-        counts[key] = None  # untrusted code, or a factory that cannot build on the meta device (the real build's
-        if trust_code or is_safe_reference(parent.model):  # errors are located at its spec line)
+        counts[name] = None
+        if trust_code or is_safe_reference(parent.model):
             try:
                 with torch.random.fork_rng(devices=[]), torch.device("meta"):
                     model = resolve_model(parent.model, **parent.kwargs)
-                counts[key] = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+                counts[name] = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
             except GrowcError:
                 pass
-    parents = [counts[json.dumps([p.model, p.kwargs], sort_keys=True, default=str)] for p in spec.parents]
+    parents = [counts[key(p)] for p in spec.parents]
     factor = math.prod(step.factor or 1 for step in spec.growth)
     known = [n for n in parents if n is not None]
     biggest = max(known, default=0)

@@ -38,6 +38,7 @@ __all__ = [
     "io_error",
     "load_into",
     "load_state_dict",
+    "parse_json",
     "read_json",
     "rename_no_replace",
     "save_state_dict",
@@ -135,7 +136,7 @@ def check_destination(
 
 
 def _check_destination(
-    dest: Path, overwrite: bool, replaceable: Callable[[Path], bool], what: str, new: Path | None
+    dest: Path, overwrite: bool, replaceable: Callable[[Path], bool], what: str, new_names: set[str] | None
 ) -> None:
     if not os.path.lexists(dest):
         return
@@ -149,14 +150,14 @@ def _check_destination(
             "output folder",
             path=os.fspath(dest),
         )
-    if new is None:
-        new_names = None
-    else:
-        new_names = {p.name for p in new.iterdir()}
     if not _is_replaceable(dest, replaceable, new_names):
-        raise GrowcExistsError(
-            f"refusing to replace '{dest}': it is not {what}; choose another output folder", path=os.fspath(dest)
-        )
+        raise _refused(dest, what)
+
+
+def _refused(dest: Path, what: str) -> GrowcExistsError:
+    return GrowcExistsError(
+        f"refusing to replace '{dest}': it is not {what}; choose another output folder", path=os.fspath(dest)
+    )
 
 
 def _is_replaceable(folder: Path, replaceable: Callable[[Path], bool], new_names: set[str] | None) -> bool:
@@ -179,8 +180,8 @@ def _same_files(folder: Path, names: set[str] | None = None) -> bool:
 def _publish(tmp: Path, dest: Path, overwrite: bool, replaceable: Callable[[Path], bool], what: str) -> None:
     if not overwrite and os.path.lexists(dest):
         raise _raced(dest)
-    _check_destination(dest, overwrite, replaceable, what, tmp)
     new_names = {p.name for p in tmp.iterdir()}
+    _check_destination(dest, overwrite, replaceable, what, new_names)
     old = aside = None
     try:
         if overwrite and os.path.lexists(dest):
@@ -188,10 +189,7 @@ def _publish(tmp: Path, dest: Path, overwrite: bool, replaceable: Callable[[Path
             aside = old / dest.name
             os.rename(dest, aside)
             if aside.is_symlink() or not aside.is_dir() or not _is_replaceable(aside, replaceable, new_names):
-                raise GrowcExistsError(
-                    f"refusing to replace '{dest}': it is not {what}; choose another output folder",
-                    path=os.fspath(dest),
-                )
+                raise _refused(dest, what)
         try:
             rename_no_replace(tmp, dest)
         except FileExistsError:
@@ -478,6 +476,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: boo
 MAX_JSON_BYTES = 64 << 20
 
 
+def parse_json(raw: bytes) -> Any:
+    """Parse UTF-8 JSON bytes; anything that is not (a nesting too deep for Python included) is a ``ValueError``
+    saying why."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def read_json(path: str | os.PathLike[str], what: str = "file") -> dict[str, Any]:
     """Read a JSON object growc wrote; anything else (missing, unreadable, over 64 MiB, not JSON, nested too
     deeply, not an object) is a :class:`~growc.errors.GrowcError` naming ``path`` and ``what`` it should be."""
@@ -491,10 +498,9 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> dict[str, Any
     if len(raw) > MAX_JSON_BYTES:
         raise GrowcError(f"{what} '{path}' is larger than {MAX_JSON_BYTES >> 20} MiB: not a file growc wrote")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as error:
-        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
-        raise GrowcError(f"{what} '{path}' is not valid JSON: {reason}") from None
+        data = parse_json(raw)
+    except ValueError as error:
+        raise GrowcError(f"{what} '{path}' is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise GrowcError(f"{what} '{path}' is not a JSON object")
     return data

@@ -63,6 +63,7 @@ from .io import (
     atomic_file,
     atomic_write_text,
     load_into,
+    parse_json,
     rename_no_replace,
     save_tensors,
     sha256_file,
@@ -157,18 +158,10 @@ class _Damaged(GrowcError):
     used instead, if there is one."""
 
 
-def _json_text(raw: bytes) -> Any:
-    """Parse JSON, or say why not (``ValueError`` with the reason)."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
 def _read_json(path: Path, hint: str) -> dict[str, Any]:
     """A JSON object growc wrote; anything else is a GrowcError naming ``path`` that ends with ``hint``."""
     try:
-        data = _json_text(path.read_bytes())
+        data = parse_json(path.read_bytes())
     except (OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise GrowcError(f"'{path}' is damaged ({reason}): {hint}") from None
@@ -742,7 +735,7 @@ class _Loop:
             raise _Damaged("it is not a folder")
         manifest_path = folder / "manifest.json"
         try:
-            manifest = _json_text(manifest_path.read_bytes())
+            manifest = parse_json(manifest_path.read_bytes())
         except FileNotFoundError:
             raise _Damaged("'manifest.json' is missing") from None
         except (OSError, ValueError) as error:
@@ -770,7 +763,7 @@ class _Loop:
         # the bytes are the ones written: from here on a problem is an inconsistency, refused
         state_path = folder / "state.json"
         try:
-            state = _json_text(raw["state.json"])
+            state = parse_json(raw["state.json"])
         except ValueError as error:
             raise GrowcError(f"'{state_path}' is not valid JSON: {error}; {hint}") from None
         f = _Fields(state_path, hint)
@@ -788,7 +781,7 @@ class _Loop:
         }
         structure_path = folder / "optimizer.json"
         try:
-            parsed = _json_text(raw["optimizer.json"])
+            parsed = parse_json(raw["optimizer.json"])
         except ValueError as error:
             raise GrowcError(f"'{structure_path}' is not valid JSON: {error}; {hint}") from None
         try:
