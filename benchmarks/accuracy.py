@@ -35,11 +35,12 @@ import torch
 from torch import nn
 
 import growc
-from growc.data import DataSpec, load_data
 from growc.io import atomic_write_text, write_json
-from growc.models import resolve_model
-from growc.recipe import PhaseSpec
-from growc.train import fit
+from growc.models.datasets import load_data
+from growc.models.zoo import resolve_model
+from growc.spec.data import DataSpec
+from growc.spec.recipe import PhaseSpec
+from growc.train.loop import fit
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ["small", "large", "mixturegrowth", "mixturegrowth-zero", "random", "net2net", "ensemble"]

@@ -37,8 +37,8 @@ from torch import nn
 
 import growc
 from growc.io import atomic_write_text, write_json
-from growc.models import resolve_model
-from growc.ops import GRID_TYPES, begin_step, end_step, strip_step_markers
+from growc.models.zoo import resolve_model
+from growc.runtime.layers import GRID_TYPES, begin_step, end_step, strip_step_markers
 
 ROOT = Path(__file__).resolve().parent
 FAMILIES = {

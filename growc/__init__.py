@@ -10,9 +10,8 @@ Public API:
   :func:`grow` (writes an artifact folder), :func:`load` (rebuilds it without unpickling), :func:`spec_json_schema`.
 """
 
-from .analysis import TensorInfo, exactness_tolerance, max_abs_rel_error, propagate_shapes
-from .build import GrowResult, check_spec, compile_spec, grow, load
-from .errors import (
+from growc.compile.build import GrowResult, check_spec, compile_spec, grow, load
+from growc.errors import (
     GrowcConfigError,
     GrowcDataError,
     GrowcError,
@@ -21,7 +20,11 @@ from .errors import (
     GrowcPassError,
     GrowcTraceError,
 )
-from .ops import (
+from growc.fx.analysis import TensorInfo, exactness_tolerance, max_abs_rel_error, propagate_shapes
+from growc.fx.pipeline import Pipeline
+from growc.fx.trace import trace
+from growc.passes import analyze_channels, fuse, materialize, templatize, widen
+from growc.runtime.layers import (
     MixedConv1d,
     MixedConv2d,
     MixedConv3d,
@@ -31,11 +34,8 @@ from .ops import (
     param_groups,
     param_roles,
 )
-from .passes import analyze_channels, fuse, materialize, templatize, widen
-from .pipeline import Pipeline
-from .spec import GrowthSpec, load_spec, spec_json_schema
-from .specdoc import GrowcSpecError
-from .trace import trace
+from growc.spec.document import GrowcSpecError
+from growc.spec.growth import GrowthSpec, load_spec, spec_json_schema
 
 __version__ = "0.1.0"
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from .build import ARTIFACT_FILES, DTYPES
-from .errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcIOError
-from .models import BUILTIN_NAMES, default_input_shape, is_safe_reference, resolve_model
+from growc.compile.build import ARTIFACT_FILES, DTYPES
+from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcIOError
+from growc.models.zoo import BUILTIN_NAMES, default_input_shape, is_safe_reference, resolve_model
 
 __all__ = ["format_templatize_report", "main"]
 
@@ -320,9 +320,9 @@ def _check_model_size(ref: str, kwargs: dict[str, Any]) -> None:
 
 
 def _channels(args: argparse.Namespace) -> int:
-    from .io import atomic_write_text
-    from .passes import analyze_channels
-    from .trace import trace
+    from growc.fx.trace import trace
+    from growc.io import atomic_write_text
+    from growc.passes import analyze_channels
 
     if args.dot:
         _output_file(args.dot, overwrite=args.overwrite)
@@ -337,7 +337,7 @@ def _channels(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from . import __version__
+    from growc import __version__
 
     return __version__
 
@@ -386,8 +386,8 @@ def format_templatize_report(report: dict[str, Any], title: str = "") -> str:
 
 
 def _templatize(args: argparse.Namespace) -> int:
-    from .io import artifact_format, atomic_directory, check_destination, save_state_dict, write_json
-    from .passes import templatize
+    from growc.io import artifact_format, atomic_directory, check_destination, save_state_dict, write_json
+    from growc.passes import templatize
 
     def replaceable(folder: Path) -> bool:
         return artifact_format(folder) == "growc-templatize"
@@ -424,7 +424,7 @@ def _templatize(args: argparse.Namespace) -> int:
 
 
 def _grow(args: argparse.Namespace) -> int:
-    from .build import check_spec, format_plan, format_report, grow
+    from growc.compile.build import check_spec, format_plan, format_report, grow
 
     if args.dry_run:
         plan = check_spec(args.spec)
@@ -444,8 +444,8 @@ def _grow(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .build import check_spec
-    from .spec import load_spec
+    from growc.compile.build import check_spec
+    from growc.spec.growth import load_spec
 
     spec = load_spec(args.spec)
     if args.schema_only:
@@ -462,8 +462,8 @@ def _check(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .build import check_spec, compile_spec, format_plan, format_report, load
-    from .draw import coefficient_heatmap, graph_dot, write_graphic
+    from growc.compile.build import check_spec, compile_spec, format_plan, format_report, load
+    from growc.fx.draw import coefficient_heatmap, graph_dot, write_graphic
 
     target = Path(args.target)
     drawing = args.graph or args.channels or args.heatmap
@@ -480,7 +480,7 @@ def _show(args: argparse.Namespace) -> int:
         model = load(target, trust_code=args.trust_code)
         report = model.meta["growc"]["artifact"]
         print(_json(report) if args.json else format_report(report))
-        from .io import load_state_dict
+        from growc.io import load_state_dict
 
         probe = target / "probe.safetensors"
         example = load_state_dict(probe).get("input") if probe.is_file() else None
@@ -494,7 +494,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.graph:
         print(f"wrote {write_graphic(graph_dot(model, title=target.name), args.graph, overwrite=args.overwrite)}")
     if args.channels:
-        from .passes import analyze_channels
+        from growc.passes import analyze_channels
 
         if example is None:
             raise GrowcError(f"'{target}' has no probe.safetensors: the channel analysis needs an example input")
@@ -507,7 +507,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import StoppedEarly, format_results, train
+    from growc.train.loop import StoppedEarly, format_results, train
 
     if args.out:
         _output_folder(args.out)
@@ -522,8 +522,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from .io import atomic_write_text
-    from .spec import spec_json_schema_text
+    from growc.io import atomic_write_text
+    from growc.spec.growth import spec_json_schema_text
 
     if args.out:
         _output_file(args.out, overwrite=args.overwrite)

@@ -29,8 +29,8 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
-from growc.analysis import TensorInfo, propagate_shapes
-from growc.ops import GRID_TYPES, MIXED_TYPES
+from growc.fx.analysis import TensorInfo, propagate_shapes
+from growc.runtime.layers import GRID_TYPES, MIXED_TYPES
 
 from .fuse import (
     _BINARY_FUNCTIONS,

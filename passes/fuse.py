@@ -5,7 +5,7 @@ along one axis, parent-major; tensors that depend on no weight (the inputs) are 
 op of parent 0's graph is lifted so that, with new blocks at zero, the fused graph computes exactly the
 concatenation of the parents' results:
 
-* template-mixed weighted op, fused -> fused: an n x n grid of blocks (:class:`~growc.ops.GridConv2d`, ...):
+* template-mixed weighted op, fused -> fused: an n x n grid of blocks (:class:`~growc.runtime.layers.GridConv2d`, ...):
   the diagonal is each parent's own bank row, each off-diagonal block a *new* coefficient row over existing
   templates (the row parent's bank: ``cross_templates="own"``, the reference's; or one new row in every
   parent's bank, summed: ``"union"``), initialised by ``cross_init``;
@@ -42,7 +42,8 @@ from torch import Tensor, fx, nn
 from torch.fx.node import map_aggregate
 from torch.nn.utils import parametrize
 
-from growc.analysis import (
+from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
+from growc.fx.analysis import (
     TensorInfo,
     _nonfinite_tree,
     check_finite_state,
@@ -51,8 +52,9 @@ from growc.analysis import (
     max_abs_rel_error,
     propagate_shapes,
 )
-from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
-from growc.ops import (
+from growc.fx.pipeline import finish_pass
+from growc.fx.trace import attribute_owner, graph_module
+from growc.runtime.layers import (
     GENERATED_TYPES,
     GRID_TYPES,
     GridConv1d,
@@ -67,8 +69,6 @@ from growc.ops import (
     Term,
     strip_step_markers,
 )
-from growc.pipeline import finish_pass
-from growc.trace import attribute_owner, graph_module
 
 from .templatize import (
     SIZE_FACTOR,
@@ -1052,7 +1052,7 @@ def _verify(
     exact: bool,
 ) -> dict[str, Any]:
     """The fused model against the parents' sum (mean, or parent 0 alone), in the mode the graphs were traced in.
-    ``tolerance`` is the exactness bound of the parents' dtype (:func:`growc.analysis.exactness_tolerance`)."""
+    ``tolerance`` is the exactness bound of the parents' dtype (:func:`growc.fx.analysis.exactness_tolerance`)."""
     train = parents[0].training
     readers = parents[:1] if head == "first" else parents
     labels = ["the model"] if where == "widen" else [f"parent {i}" for i in range(len(readers))]

@@ -2,12 +2,13 @@
 
 What it does to the graph:
 
-* each ``call_module`` of a mixed layer (:class:`~growc.ops.MixedConv2d`, :class:`~growc.ops.MixedLinear`, ...)
-  keeps its target and node, and the module becomes a plain ``nn.Conv*``/``nn.Linear`` whose weight is the
-  generated weight (detached copy) and whose bias is a copy of the mixed layer's bias;
+* each ``call_module`` of a mixed layer (:class:`~growc.runtime.layers.MixedConv2d`,
+  :class:`~growc.runtime.layers.MixedLinear`, ...) keeps its target and node, and the module becomes a
+  plain ``nn.Conv*``/``nn.Linear`` whose weight is the generated weight (detached copy) and whose bias is a
+  copy of the mixed layer's bias;
 * mixed layers inside leaf modules are swapped back the same way, and the parametrizations growc put on raw
   weight parameters of leaf modules are removed, leaving a plain ``nn.Parameter`` with the generated value;
-* each ``call_module`` of a :class:`~growc.ops.MixedWeight` becomes a ``get_attr`` of a new ``nn.Parameter``
+* each ``call_module`` of a :class:`~growc.runtime.layers.MixedWeight` becomes a ``get_attr`` of a new ``nn.Parameter``
   registered at the path the weight had before templatizing;
 * the ``growc_banks`` and ``growc_weights`` containers are removed. The result has no growc modules and computes
   the same function (up to fp rounding of one matmul per weight; exactly when the bank used an identity basis).
@@ -22,11 +23,11 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from growc.analysis import check_finite_state
 from growc.errors import GrowcConfigError
-from growc.ops import GRID_TYPES, MIXED_TYPES, MixedWeight, strip_step_markers
-from growc.pipeline import finish_pass
-from growc.trace import attribute_owner
+from growc.fx.analysis import check_finite_state
+from growc.fx.pipeline import finish_pass
+from growc.fx.trace import attribute_owner
+from growc.runtime.layers import GRID_TYPES, MIXED_TYPES, MixedWeight, strip_step_markers
 
 __all__ = ["materialize"]
 

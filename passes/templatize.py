@@ -14,8 +14,8 @@ What it does to the graph:
 * initialises each bank (``exact``: identity basis, bit-exact, K raised to the layer count when smaller;
   ``svd``: truncated uncentred SVD with predicted and measured error; ``fresh``: Kaiming-normal templates and
   orthogonal coefficients, the reference's init for training from scratch);
-* swaps each weighted module for a :mod:`growc.ops` mixed layer (same target, so the node keeps its name),
-  each ``get_attr`` for a ``call_module`` of a :class:`~growc.ops.MixedWeight` under ``growc_weights`` and
+* swaps each weighted module for a :mod:`growc.runtime.layers` mixed layer (same target, so the node keeps its name),
+  each ``get_attr`` for a ``call_module`` of a :class:`~growc.runtime.layers.MixedWeight` under ``growc_weights`` and
   parametrizes each raw leaf weight with one; the banks are registered once under ``growc_banks``. Rewritten
   nodes carry ``node.meta["growc"]``.
 
@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from growc.analysis import (
+from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
+from growc.fx.analysis import (
     _nonfinite_tree,
     check_finite_state,
     check_finite_values,
@@ -53,8 +54,9 @@ from growc.analysis import (
     propagate_shapes,
     run_outputs,
 )
-from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
-from growc.ops import (
+from growc.fx.pipeline import finish_pass
+from growc.fx.trace import attribute_owner, graph_module, trace
+from growc.runtime.layers import (
     GENERATED_TYPES,
     MixedConv1d,
     MixedConv2d,
@@ -64,8 +66,6 @@ from growc.ops import (
     TemplateBank,
     strip_step_markers,
 )
-from growc.pipeline import finish_pass
-from growc.trace import attribute_owner, graph_module, trace
 
 __all__ = ["EXACT_TOLERANCE", "layer_matches", "templatable_weights", "templatize"]
 
@@ -73,7 +73,7 @@ Sharing = Literal["layer", "shape", "shape_window"]
 Init = Literal["exact", "svd", "fresh"]
 
 #: ``init="exact"`` with ``verify=True`` raises when the output's max-norm relative error exceeds
-#: :func:`growc.analysis.exactness_tolerance` of the model's dtype; this is its float32 value.
+#: :func:`growc.fx.analysis.exactness_tolerance` of the model's dtype; this is its float32 value.
 EXACT_TOLERANCE = exactness_tolerance(torch.float32)
 
 #: New template banks (and a grown model's generated weights) may take at most this many times the bytes of the
@@ -685,7 +685,7 @@ def templatize(
         leaf_modules, autowrap_functions, concrete_args: tracing options, see :func:`growc.trace`.
         verify: run ``model`` and the result once on ``example_inputs`` and report the difference (in the mode
             the graph was traced in: eval for an eval-mode model, train mode on copies with one seed otherwise);
-            with ``init="exact"`` a difference above :func:`growc.analysis.exactness_tolerance` of the model's
+            with ``init="exact"`` a difference above :func:`growc.fx.analysis.exactness_tolerance` of the model's
             dtype (:data:`EXACT_TOLERANCE` in float32) raises ``GrowcPassError``; a non-finite output of the model
             raises ``GrowcDataError``.
         layers: optional glob patterns (``fnmatch``; ``*`` also matches dots) over weight names

@@ -28,10 +28,10 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
-from growc.analysis import check_finite_state
 from growc.errors import GrowcConfigError, GrowcPassError
-from growc.ops import GRID_TYPES, MixedWeight, TemplateBank, _Mixed
-from growc.pipeline import finish_pass
+from growc.fx.analysis import check_finite_state
+from growc.fx.pipeline import finish_pass
+from growc.runtime.layers import GRID_TYPES, MixedWeight, TemplateBank, _Mixed
 
 from .fuse import _check_growth_size, _Fuser, _is_templatized, _svd, _verify, fuse_templated
 from .templatize import _check_module, _check_seed, _example_inputs, _templatize_options, templatize
@@ -92,7 +92,7 @@ def widen(
     ``model`` may be plain (templatized first with ``templatize_options``), templatized, or already grown.
     ``gm.meta["growc"]["widen"]`` holds the fusion report plus ``method``, ``factor`` and, with ``verify``, the
     output against ``model`` (``net2net`` and ``zero`` must match it: a difference above
-    :func:`growc.analysis.exactness_tolerance` of the model's dtype raises).
+    :func:`growc.fx.analysis.exactness_tolerance` of the model's dtype raises).
     """
     _check_module("widen", model)
     if method not in ("mixture", "net2net", "random", "zero"):

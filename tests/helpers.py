@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from growc.pipeline import Snapshot, first_change, snapshot
+from growc.fx.pipeline import Snapshot, first_change, snapshot
 
 __all__ = ["assert_unchanged", "snapshot"]
 

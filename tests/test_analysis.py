@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import growc
-from growc.analysis import TensorInfo, check_finite_state, check_finite_values, exactness_tolerance
+from growc.fx.analysis import TensorInfo, check_finite_state, check_finite_values, exactness_tolerance
 
 
 class Model(nn.Module):
@@ -72,7 +72,7 @@ def test_templatized_models_propagate_through_banks() -> None:
     assert growc.propagate_shapes(gm, (x,))["real_compute_nodes"] == []  # banks mix on meta tensors too
     assert next(n for n in gm.graph.nodes if n.name == "fc").meta["growc_shape"].shape == (2, 5)
     assert all(not t.is_meta for t in gm.state_dict().values())
-    layers = [m for m in gm.modules() if isinstance(m, growc.ops.GENERATED_TYPES)]
+    layers = [m for m in gm.modules() if isinstance(m, growc.runtime.layers.GENERATED_TYPES)]
     assert layers and all(m.__dict__["_growc_slot"][0]._cache is None for m in layers)  # no meta weight kept
 
 

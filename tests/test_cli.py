@@ -207,7 +207,7 @@ def test_grow_writes_the_artifact_and_show_prints_and_draws_it(
     assert main(["grow", str(spec_file)]) == 0
     out = capsys.readouterr().out
     assert "step 0: fuse x2 (cross_init=orthogonal)" in out
-    assert sorted(os.listdir("out")) == sorted(growc.build.ARTIFACT_FILES)
+    assert sorted(os.listdir("out")) == sorted(growc.compile.build.ARTIFACT_FILES)
     assert main(["grow", str(spec_file)]) == 1
     assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
     assert main(["grow", str(spec_file), "--overwrite", "--json"]) == 0
@@ -285,7 +285,7 @@ def test_show_prints_an_artifact_whose_report_holds_only_what_load_needs(
     ],
 )
 def test_format_report_prints_any_json_report_shape(report: dict) -> None:
-    from growc.build import format_report
+    from growc.compile.build import format_report
 
     nested: list = []
     for _ in range(5000):  # deeper than Python's recursion limit: repr() of it would raise RecursionError

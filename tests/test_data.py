@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from growc.data import MAX_DATA_BYTES, DataSpec, crop_and_flip, load_data, synthetic_bytes
 from growc.errors import GrowcDataError, GrowcError
+from growc.models.datasets import crop_and_flip, load_data
+from growc.spec.data import MAX_DATA_BYTES, DataSpec, synthetic_bytes
 
 
 def _write_cifar_python(root: Path, classes: int = 10, n: int = 6) -> None:

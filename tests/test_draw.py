@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import growc
-from growc.draw import coefficient_heatmap, coefficient_rows, graph_dot, write_graphic
 from growc.errors import GrowcError
-from growc.models import resolve_model
+from growc.fx.draw import coefficient_heatmap, coefficient_rows, graph_dot, write_graphic
+from growc.models.zoo import resolve_model
 
 
 @pytest.fixture(scope="module")

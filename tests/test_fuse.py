@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import growc
-from growc.models import WideResNet
-from growc.ops import GridConv2d, GridLinear
+from growc.models.zoo import WideResNet
+from growc.runtime.layers import GridConv2d, GridLinear
 from growc.testing import ALL_FEATURES, assert_same_function, cnn_models
 from helpers import assert_unchanged, snapshot
 
@@ -392,7 +392,7 @@ def test_low_precision_parents_fuse_with_zero_cross_blocks(dtype: torch.dtype, n
     x = torch.randn(*shape).to(dtype)
     gm = growc.fuse([a, b], (x,), cross_init="zero")
     output = gm.meta["growc"]["fuse"]["output"]
-    assert output["tolerance"] == growc.analysis.exactness_tolerance(dtype)
+    assert output["tolerance"] == growc.fx.analysis.exactness_tolerance(dtype)
     assert output["max_rel"] <= output["tolerance"]
     assert gm.growc_banks.p0_bank0.templates.dtype == dtype
 

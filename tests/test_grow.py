@@ -19,8 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from growc.analysis import exactness_tolerance
-from growc.build import (
+from growc.compile.build import (
     ARTIFACT_FILES,
     build_parent,
     check_spec,
@@ -31,11 +30,12 @@ from growc.build import (
     write_artifact,
 )
 from growc.errors import GrowcDataError, GrowcError, GrowcExistsError
+from growc.fx.analysis import exactness_tolerance
 from growc.io import save_state_dict, sha256_file
-from growc.models import resolve_model
+from growc.models.zoo import resolve_model
 from growc.passes import templatize
-from growc.spec import load_spec
-from growc.specdoc import GrowcSpecError
+from growc.spec.document import GrowcSpecError
+from growc.spec.growth import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "specs").glob("*.yaml"))
@@ -234,7 +234,7 @@ def test_a_failure_while_writing_leaves_no_artifact_and_no_temporary_folder(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("growc.build.write_json", broken)  # fails after the weights and the probe are written
+    monkeypatch.setattr("growc.compile.build.write_json", broken)  # fails after the weights and the probe are written
     with pytest.raises(OSError, match="No space left on device"):
         grow(small_spec, small_spec.parent / "out")
     assert set(os.listdir(small_spec.parent)) == before
@@ -408,7 +408,7 @@ def test_overwrite_replaces_only_an_artifact_folder(small_spec: Path) -> None:
 
 _SLOW_GROW = """
 import sys, time
-import growc.build as G
+import growc.compile.build as G
 write = G.write_json
 def slow(path, data):
     write(path, data)
@@ -573,7 +573,7 @@ def test_sizes_the_spec_implies_are_bounded_before_anything_is_allocated(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a parent was built for real")
 
-    monkeypatch.setattr("growc.build.build_parent", never)
+    monkeypatch.setattr("growc.compile.build.build_parent", never)
     for run in (check_spec, compile_spec):
         with pytest.raises(GrowcSpecError, match=message):
             run(path)
@@ -594,7 +594,7 @@ def test_a_tampered_spec_with_an_extra_step_is_refused_before_building(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr("growc.build.compile_spec", never)
+    monkeypatch.setattr("growc.compile.build.compile_spec", never)
     with pytest.raises(
         GrowcError,
         match=r"spec.yaml' does not match '.*report.json': the spec's steps \(kind, factor\) are \[\('fuse', 2\), "
@@ -616,7 +616,7 @@ def test_a_tampered_spec_with_bigger_parents_is_refused_before_building(
     for parent in data["parents"]:
         parent["kwargs"]["width"] = 64
     (copy / "spec.yaml").write_text(yaml.safe_dump(data))
-    monkeypatch.setattr("growc.build.compile_spec", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr("growc.compile.build.compile_spec", lambda *a, **k: pytest.fail("the model was built"))
     with pytest.raises(GrowcError, match=r"the spec's parents have \[\d+, \d+\] parameters and buffers, the report"):
         load(copy)
 
@@ -758,6 +758,6 @@ def test_tampered_templates_or_input_are_refused_before_building(
     data = yaml.safe_load((copy / "spec.yaml").read_text())
     edit(data)
     (copy / "spec.yaml").write_text(yaml.safe_dump(data))
-    monkeypatch.setattr("growc.build.compile_spec", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr("growc.compile.build.compile_spec", lambda *a, **k: pytest.fail("the model was built"))
     with pytest.raises(GrowcError, match=message):
         load(copy)

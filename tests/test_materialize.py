@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import growc
-from growc.models import WideResNet
+from growc.models.zoo import WideResNet
 from growc.testing import assert_same_function
 from helpers import assert_unchanged, snapshot
 
@@ -26,7 +26,11 @@ def test_materialize_folds_every_mixed_layer_and_keeps_the_graph() -> None:
     assert_same_function(gm, plain, (x,), rtol=1e-5, atol=1e-6, mode="both")
     assert not hasattr(plain, "growc_banks")
     assert [type(m).__name__ for m in plain.modules() if "Mixed" in type(m).__name__] == []
-    markers = ("growc_banks", growc.ops.begin_step, growc.ops.end_step)  # the per-forward step markers go
+    markers = (
+        "growc_banks",
+        growc.runtime.layers.begin_step,
+        growc.runtime.layers.end_step,
+    )  # the per-forward step markers go
     assert [n.name for n in plain.graph.nodes] == [n.name for n in gm.graph.nodes if n.target not in markers]
     report = plain.meta["growc"]["materialize"]
     assert len(report["folded"]) == len(gm.meta["growc"]["templatize"]["layers"])

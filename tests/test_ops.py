@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import growc
-from growc.ops import MixedConv2d, MixedLinear, TemplateBank
+from growc.runtime import generation
+from growc.runtime import layers as runtime_layers
+from growc.runtime.layers import MixedConv2d, MixedLinear, TemplateBank
 
 
 def make_bank(layers: int = 3, k: int = 2, shape: tuple[int, ...] = (4, 3, 3, 3)) -> TemplateBank:
@@ -169,26 +171,26 @@ def grown() -> tuple[torch.fx.GraphModule, torch.Tensor]:
     return gm, x
 
 
-def _count_generations(monkeypatch: pytest.MonkeyPatch) -> list[growc.generation._Layout]:
-    calls: list[growc.generation._Layout] = []
-    original = growc.generation._Generate.forward
+def _count_generations(monkeypatch: pytest.MonkeyPatch) -> list[generation._Layout]:
+    calls: list[generation._Layout] = []
+    original = generation._Generate.forward
 
     def counting(ctx, layout, *args):
         calls.append(layout)
         return original(ctx, layout, *args)
 
-    monkeypatch.setattr(growc.generation._Generate, "forward", staticmethod(counting))
+    monkeypatch.setattr(generation._Generate, "forward", staticmethod(counting))
     return calls
 
 
 def _without_step_markers(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     plain = copy.deepcopy(gm)
-    growc.ops.strip_step_markers(plain.graph)
+    runtime_layers.strip_step_markers(plain.graph)
     plain.recompile()
     return plain
 
 
-def _group(layer: nn.Module) -> growc.generation._Group:
+def _group(layer: nn.Module) -> generation._Group:
     return layer.__dict__["_growc_slot"][0]
 
 
@@ -196,7 +198,7 @@ def test_a_training_forward_generates_each_bank_group_once(grown, monkeypatch: p
     gm, x = grown
     gm = copy.deepcopy(gm).train()  # survives a deep copy (and pickling): the markers are graph nodes
     banks = [b for b in gm.modules() if isinstance(b, TemplateBank)]
-    layers = [m for m in gm.modules() if isinstance(m, growc.ops.GENERATED_TYPES)]
+    layers = [m for m in gm.modules() if isinstance(m, runtime_layers.GENERATED_TYPES)]
     groups = gm.growc_banks.__dict__["_growc_groups"]
     assert {id(_group(m)) for m in layers} == {id(g) for g in groups}  # every layer is in one of its graph's groups
     calls = _count_generations(monkeypatch)
@@ -237,7 +239,7 @@ def test_several_forwards_before_one_backward_still_work(grown) -> None:
 def test_grid_weights_equal_the_blockwise_definition(grown) -> None:
     gm, _ = grown
     for module in gm.modules():
-        if isinstance(module, growc.ops.GRID_TYPES):
+        if isinstance(module, runtime_layers.GRID_TYPES):
             rows = [torch.cat([sum(b.weights()[r] for b, r in terms) for terms in row], dim=1) for row in module.blocks]
             expected = torch.cat(rows, dim=0) * module.scale
             torch.testing.assert_close(module.weight, expected, rtol=1e-6, atol=1e-6)
@@ -246,7 +248,7 @@ def test_grid_weights_equal_the_blockwise_definition(grown) -> None:
 def test_eval_cache_serves_grid_layers_until_a_step_changes_the_parameters(grown) -> None:
     gm, x = grown
     gm = copy.deepcopy(gm).eval()
-    layer = next(m for m in gm.modules() if isinstance(m, growc.ops.GRID_TYPES))
+    layer = next(m for m in gm.modules() if isinstance(m, runtime_layers.GRID_TYPES))
     group = _group(layer)
     with torch.no_grad():
         before = gm(x)
@@ -324,7 +326,7 @@ def test_the_benchmark_block_loop_reference_computes_the_same_weights(grown) -> 
     spec.loader.exec_module(module)
     gm, x = grown
     reference = module.block_loop(gm)
-    ours = {n: m for n, m in gm.named_modules() if isinstance(m, growc.ops.GRID_TYPES)}
+    ours = {n: m for n, m in gm.named_modules() if isinstance(m, runtime_layers.GRID_TYPES)}
     for name, layer in reference.named_modules():
         if name in ours:
             torch.testing.assert_close(layer.weight, ours[name].weight, rtol=1e-5, atol=1e-6)
@@ -336,7 +338,7 @@ def test_a_bank_generates_only_the_rows_its_model_reads(grown) -> None:
     gm = copy.deepcopy(gm)  # rows the parents' own forwards read (shape analysis, checks) are not generated
     needed: dict[int, int] = {}
     for module in gm.modules():
-        if isinstance(module, growc.ops.GRID_TYPES):
+        if isinstance(module, runtime_layers.GRID_TYPES):
             for row in module.blocks:
                 for terms in row:
                     for bank, _ in terms:
@@ -380,10 +382,10 @@ def test_grids_of_any_terms_generate_the_definition_and_its_gradients(rows, cols
     if data.draw(st.booleans()) and rows * cols > 1:
         blocks[-1][-1] = []
     if linear:
-        layer = growc.ops.GridLinear(blocks, None, in_features=4 * cols, out_features=3 * rows, scale=scale)
+        layer = runtime_layers.GridLinear(blocks, None, in_features=4 * cols, out_features=3 * rows, scale=scale)
     else:
         conv = nn.Conv2d(4, 3, 3)
-        layer = growc.ops.GridConv2d(
+        layer = runtime_layers.GridConv2d(
             blocks, None, conv, in_channels=4 * cols, out_channels=3 * rows, groups=1, scale=scale
         )
     ours = layer.weight
@@ -411,7 +413,7 @@ def test_pickled_grown_models_keep_their_groups_on_their_own_banks(grown) -> Non
     loaded = torch.load(buffer, weights_only=False)
     banks = {id(b) for b in loaded.growc_banks.children()}
     for layer in loaded.modules():
-        if isinstance(layer, growc.ops.GENERATED_TYPES):
+        if isinstance(layer, runtime_layers.GENERATED_TYPES):
             group = _group(layer)
             assert group._cache is None and {id(b) for b in group.banks} <= banks
     with torch.no_grad():
@@ -441,14 +443,14 @@ def _two_bank_layers() -> tuple[TemplateBank, TemplateBank, nn.Module, nn.Module
     a, b = (
         TemplateBank(torch.randn(2, 3, 4, generator=g), torch.randn(2, 2, generator=g), kind="linear") for _ in "ab"
     )
-    grid = growc.ops.GridLinear([[[(a, 0)], [(b, 0)]]], None, in_features=8, out_features=3)
+    grid = runtime_layers.GridLinear([[[(a, 0)], [(b, 0)]]], None, in_features=8, out_features=3)
     alone = MixedLinear(b, 1, nn.Linear(4, 3))
     return a, b, grid, alone
 
 
 def test_a_layer_without_gradient_gives_its_banks_none() -> None:
     a, b, grid, alone = _two_bank_layers()
-    (group,) = growc.generation.register([grid, alone])  # one group: the grid joins both banks
+    (group,) = generation.register([grid, alone])  # one group: the grid joins both banks
     group.begin_step()
     alone.weight.sum().backward()  # the grid's weight was generated with it but is not used
     group.end_step()
@@ -517,12 +519,12 @@ def test_double_backward_forward_ad_and_torch_func_work() -> None:
 def test_scales_keep_the_parameters_precision() -> None:
     g = torch.Generator().manual_seed(0)
     bank = TemplateBank(torch.randn(2, 3, 4, generator=g), torch.randn(2, 2, generator=g), kind="linear").double()
-    grid = growc.ops.GridLinear([[[(bank, 0)], [(bank, 1)]]], None, in_features=8, out_features=3, scale=1 / 3)
+    grid = runtime_layers.GridLinear([[[(bank, 0)], [(bank, 1)]]], None, in_features=8, out_features=3, scale=1 / 3)
     torch.testing.assert_close(grid.weight, _reference_weight(grid), rtol=1e-12, atol=1e-12)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        single = growc.ops.GridLinear([[[(bank.float(), 0)]]], None, in_features=4, out_features=3, scale=0.5)
+        single = runtime_layers.GridLinear([[[(bank.float(), 0)]]], None, in_features=4, out_features=3, scale=0.5)
         assert single.weight.dtype == torch.float32
     finally:
         torch.set_default_dtype(default)
@@ -544,4 +546,4 @@ def test_blocks_of_one_weight_must_read_banks_of_one_shape() -> None:
     small = TemplateBank(torch.randn(2, 3, 4, generator=g), torch.randn(1, 2, generator=g), kind="linear")
     large = TemplateBank(torch.randn(2, 5, 4, generator=g), torch.randn(1, 2, generator=g), kind="linear")
     with pytest.raises(ValueError, match=r"must read banks of one weight shape, got \[\(3, 4\), \(5, 4\)\]"):
-        growc.ops.GridLinear([[[(small, 0)]], [[(large, 0)]]], None, in_features=4, out_features=8)
+        runtime_layers.GridLinear([[[(small, 0)]], [[(large, 0)]]], None, in_features=4, out_features=8)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from growc.recipe import PhaseSpec, growth_spec, load_recipe, lr_at
-from growc.spec import spec_json_schema_text
-from growc.specdoc import GrowcSpecError
+from growc.spec.document import GrowcSpecError
+from growc.spec.growth import spec_json_schema_text
+from growc.spec.recipe import PhaseSpec, growth_spec, load_recipe, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "specs" / "recipes").glob("*.yaml"))

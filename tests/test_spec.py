@@ -13,8 +13,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from growc.spec import GrowthSpec, load_spec, spec_json_schema, spec_json_schema_text
-from growc.specdoc import GrowcSpecError
+from growc.spec.document import GrowcSpecError
+from growc.spec.growth import GrowthSpec, load_spec, spec_json_schema, spec_json_schema_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from torch import fx, nn
 import growc
 import growc.models
 import growc.passes
-from growc.ops import MixedConv2d, MixedLinear, MixedWeight, TemplateBank
+from growc.runtime.layers import MixedConv2d, MixedLinear, MixedWeight, TemplateBank
 from growc.testing import assert_same_function, cnn_models
 from helpers import assert_unchanged, snapshot
 
@@ -49,7 +49,7 @@ def test_exact_preserves_function_and_materialize_folds_back(generated, sharing,
     assert_same_function(model, gm, inputs, rtol=1e-5, atol=1e-6, mode="both")
     plain = growc.materialize(gm)
     assert_same_function(model, plain, inputs, rtol=1e-5, atol=1e-6, mode="both")
-    assert not any(isinstance(m, (TemplateBank, *growc.ops.MIXED_TYPES)) for m in plain.modules())
+    assert not any(isinstance(m, (TemplateBank, *growc.runtime.layers.MIXED_TYPES)) for m in plain.modules())
     report = gm.meta["growc"]["templatize"]
     assert report["output"]["max_rel"] <= 1e-5
     # every Conv/Linear weight of the generated model became a bank row
@@ -480,7 +480,7 @@ def test_normalization_parameters_are_never_templated() -> None:
 
 
 def test_shape_window_groups_by_role_across_blocks() -> None:
-    from growc.models import WideResNet
+    from growc.models.zoo import WideResNet
 
     model = WideResNet(16, 1)  # 2 blocks per stage
     gm = growc.templatize(model, (torch.randn(1, 3, 32, 32),), sharing="shape_window", window=2)
@@ -637,7 +637,7 @@ def test_low_precision_models_templatize_exactly(dtype: torch.dtype, name: str) 
     x = torch.randn(2, *growc.models.default_input_shape(name)[1:]).to(dtype)
     gm = growc.templatize(model, (x,), init="exact", sharing="shape")
     output = gm.meta["growc"]["templatize"]["output"]
-    assert output["tolerance"] == growc.analysis.exactness_tolerance(dtype)
+    assert output["tolerance"] == growc.fx.analysis.exactness_tolerance(dtype)
     assert output["max_rel"] <= output["tolerance"]
     assert gm.growc_banks.bank0.templates.dtype == dtype
 
@@ -647,7 +647,7 @@ def test_float32_tolerance_is_reported() -> None:
 
     gm = growc.templatize(_wrn(), WRN_X)
     assert gm.meta["growc"]["templatize"]["output"]["tolerance"] == EXACT_TOLERANCE
-    assert EXACT_TOLERANCE == growc.analysis.exactness_tolerance(torch.float32)
+    assert EXACT_TOLERANCE == growc.fx.analysis.exactness_tolerance(torch.float32)
 
 
 @pytest.mark.parametrize(("templates", "init"), [(10**9, "exact"), (10**8, "svd"), (10**7, "fresh")])

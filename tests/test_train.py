@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 import growc
 from growc.errors import GrowcError, GrowcIOError
-from growc.train import StoppedEarly, count_training_flops, train
+from growc.train.loop import StoppedEarly, count_training_flops, train
 
 TINY = """\
 growc: 1
@@ -516,9 +516,9 @@ def test_a_finished_phase_or_growth_is_verified_before_it_is_reused(
 
 
 def _fail_once(monkeypatch: pytest.MonkeyPatch, name: str, when, error: Exception) -> None:
-    import growc.train
+    import growc.train.loop
 
-    real = getattr(growc.train, name)
+    real = getattr(growc.train.loop, name)
     state = {"failed": False}
 
     def wrapper(*args, **kwargs):
@@ -527,7 +527,7 @@ def _fail_once(monkeypatch: pytest.MonkeyPatch, name: str, when, error: Exceptio
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(growc.train, name, wrapper)
+    monkeypatch.setattr(growc.train.loop, name, wrapper)
 
 
 @pytest.mark.parametrize(
@@ -573,7 +573,8 @@ def test_of_two_recipes_claiming_one_folder_at_once_exactly_one_gets_it(
             Path(str(target)).write_text('{"format": "growc-run", "recipe_sha256": "the other recipe"}\n')
         publish(source, target)
 
-    monkeypatch.setattr("growc.train.rename_no_replace", rival_first)  # b's claim lands between a's check and write
+    # b's claim lands between a's check and write
+    monkeypatch.setattr("growc.train.loop.rename_no_replace", rival_first)
     with pytest.raises(GrowcError, match=r"another growc train claimed it while this one started"):
         train(tmp_path / "a.yaml", out, progress=False)
     assert json.loads((out / "run.json").read_text())["recipe_sha256"] == "the other recipe"

@@ -12,8 +12,8 @@ from torch import nn
 
 import growc
 import growc.models
-from growc.models import WideResNet
-from growc.ops import GridConv2d
+from growc.models.zoo import WideResNet
+from growc.runtime.layers import GridConv2d
 from growc.testing import ALL_FEATURES, assert_same_function, cnn_models
 from helpers import assert_unchanged, snapshot
 
@@ -146,7 +146,7 @@ def test_low_precision_models_widen_preserving(dtype: torch.dtype, method: str, 
     model = _cnn(dtype)
     gm = growc.widen(model, (CNN_X[0].to(dtype),), method=method, factor=factor)
     output = gm.meta["growc"]["widen"]["output"]
-    assert output["tolerance"] == growc.analysis.exactness_tolerance(dtype)
+    assert output["tolerance"] == growc.fx.analysis.exactness_tolerance(dtype)
     assert output["max_rel"] <= output["tolerance"]
 
 

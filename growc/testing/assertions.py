@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path
 
-from growc.analysis import _as_tensor, _leaf_stats, _plain_containers, _rel, max_abs_rel_error
+from growc.fx.analysis import _as_tensor, _leaf_stats, _plain_containers, _rel, max_abs_rel_error
 
 __all__ = ["assert_same_function", "max_abs_rel_error"]
 

@@ -18,59 +18,22 @@ be allocated, is one too.
 from __future__ import annotations
 
 import io
-import math
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from .errors import GrowcDataError, GrowcError
-from .specdoc import SpecModel
+from growc.errors import GrowcDataError, GrowcError
+from growc.spec.data import DataSpec, format_size, synthetic_bytes, synthetic_size_problem
 
-__all__ = ["MAX_DATA_BYTES", "DataSpec", "Dataset", "load_data", "synthetic_bytes", "synthetic_size_problem"]
-
-#: The most bytes of examples (float32) the ``synthetic`` generator makes; generating needs about three times this
-#: at its peak (the noise, the class centers per example, their sum and the split copies).
-MAX_DATA_BYTES = 4 << 30
+__all__ = ["Dataset", "crop_and_flip", "load_data"]
 
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
-
-
-class DataSpec(SpecModel):
-    """The data set of a recipe."""
-
-    name: Literal["mnist1d", "digits", "cifar10", "cifar100", "imagefolder", "synthetic"] = Field(
-        description="which data set"
-    )
-    root: Annotated[str, Field(min_length=1)] | None = Field(
-        default=None, description="cifar10/cifar100/imagefolder: the folder holding the data (relative to the recipe)"
-    )
-    download: bool = Field(default=False, description="cifar10/cifar100: download into root when it is missing")
-    samples: Annotated[int, Field(ge=20, le=10_000_000)] = Field(
-        default=4000, description="mnist1d/synthetic: how many examples to generate (train + test)"
-    )
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
-        default=0.2, description="mnist1d/digits/synthetic: the held-out share"
-    )
-    shape: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default_factory=lambda: [1, 40], description="synthetic: the shape of one example"
-    )
-    classes: Annotated[int, Field(ge=2, le=100_000)] = Field(default=10, description="synthetic: the number of classes")
-    image_size: Annotated[int, Field(ge=8, le=4096)] = Field(
-        default=224, description="imagefolder: images are resized to this"
-    )
-    augment: bool | None = Field(
-        default=None, description="random crop (padding 4) and horizontal flip of training images; default: CIFAR only"
-    )
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(
-        default=0, description="the generator's seed (mnist1d/synthetic) and the digits split"
-    )
 
 
 @dataclass
@@ -178,29 +141,6 @@ def _digits(spec: DataSpec) -> Dataset:
     return Dataset("digits", x, y, x_test, y_test, 10, (1, 8, 8))
 
 
-def synthetic_bytes(spec: DataSpec) -> int:
-    """The bytes of the examples and class centers ``spec``'s synthetic data set holds (4 bytes a value)."""
-    return 4 * math.prod(spec.shape) * (spec.samples + spec.classes)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}".replace(".0 ", " ")
-    return f"{n} B"
-
-
-def synthetic_size_problem(spec: DataSpec) -> str | None:
-    """Why ``spec``'s synthetic data set is too large to generate (beyond :data:`MAX_DATA_BYTES`), or None."""
-    n = synthetic_bytes(spec)
-    if n <= MAX_DATA_BYTES:
-        return None
-    return (
-        f"synthetic data of {spec.samples} examples of shape {list(spec.shape)} needs {_size(n)} (4 bytes a value); "
-        f"growc generates at most {_size(MAX_DATA_BYTES)}: lower data.samples or data.shape"
-    )
-
-
 def _synthetic(spec: DataSpec) -> Dataset:
     problem = synthetic_size_problem(spec)
     if problem is not None:
@@ -214,7 +154,9 @@ def _synthetic(spec: DataSpec) -> Dataset:
         x, y, x_test, y_test = _split(x, y, spec.test_fraction, spec.seed)
     except (RuntimeError, MemoryError) as error:  # the allocator's refusal
         reason = str(error) or type(error).__name__
-        raise GrowcError(f"cannot generate the synthetic data ({_size(synthetic_bytes(spec))}): {reason}") from None
+        raise GrowcError(
+            f"cannot generate the synthetic data ({format_size(synthetic_bytes(spec))}): {reason}"
+        ) from None
     return Dataset("synthetic", x, y, x_test, y_test, spec.classes, shape)
 
 

@@ -14,7 +14,7 @@ one ``bmm`` writing straight into the weight: no per-block work, no concatenatio
 :class:`_Generate` does this for a whole :class:`_Layout` (several layers over several banks) in one autograd
 node. Its backward reads each weight gradient slab where it lies: ``dT_b`` accumulates ``Pᵀ @ dW`` per slab into
 one ``[out, K, width]`` buffer per bank (handed back as a transposed view, which is the templates' own memory
-format, see ``growc.ops._out_major``: no copy) and ``dA_b[rows]`` is ``sum_out(dW @ T_bᵀ)``. Everything is
+format, see ``growc.runtime.layers._out_major``: no copy) and ``dA_b[rows]`` is ``sum_out(dW @ T_bᵀ)``. Everything is
 computed in at least fp32 with autocast off; the result is returned in the templates' dtype, so an autocast region
 casts the finished weight once. Double backward, forward-mode AD and ``torch.func`` transforms run the same ``bmm``
 as ordinary differentiable ops (:func:`_plain`).
@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 if TYPE_CHECKING:
-    from .ops import TemplateBank
+    from growc.runtime.layers import TemplateBank
 
 #: a layer's blocks: ``blocks[r][c]`` lists the block's terms as ``(bank, coefficient row)``
 Blocks = Sequence[Sequence[Sequence[tuple["TemplateBank", int]]]]

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
-from .errors import GrowcConfigError
+from growc.errors import GrowcConfigError
 
 __all__ = [
     "Document",

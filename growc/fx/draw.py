@@ -17,9 +17,9 @@ from pathlib import Path
 
 from torch import fx, nn
 
-from .errors import GrowcError
-from .io import atomic_file, atomic_write_text
-from .ops import GRID_TYPES, MIXED_TYPES, TemplateBank
+from growc.errors import GrowcError
+from growc.io import atomic_file, atomic_write_text
+from growc.runtime.layers import GRID_TYPES, MIXED_TYPES, TemplateBank
 
 __all__ = ["coefficient_heatmap", "coefficient_rows", "graph_dot", "write_graphic"]
 

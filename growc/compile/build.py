@@ -25,9 +25,10 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from torch import fx, nn
 
-from .analysis import exactness_tolerance, propagate_shapes
-from .errors import GrowcDataError, GrowcError
-from .io import (
+from growc.errors import GrowcDataError, GrowcError
+from growc.fx.analysis import exactness_tolerance, propagate_shapes
+from growc.fx.trace import trace
+from growc.io import (
     artifact_format,
     atomic_directory,
     check_destination,
@@ -39,10 +40,9 @@ from .io import (
     sha256_file,
     write_json,
 )
-from .models import ModelBuildError, is_safe_reference, resolve_model
-from .spec import GrowthSpec, load_spec
-from .specdoc import GrowcSpecError
-from .trace import trace
+from growc.models.zoo import ModelBuildError, is_safe_reference, resolve_model
+from growc.spec.document import GrowcSpecError
+from growc.spec.growth import GrowthSpec, load_spec
 
 __all__ = [
     "GrowResult",
@@ -112,7 +112,7 @@ def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True, trust_co
     the spec's template policy. The caller's random state is left as it was. With ``trust_code=False`` only
     built-in and ``torchvision:`` references are accepted (``package.module:factory`` imports and runs code).
     """
-    from .passes import templatize
+    from growc.passes import templatize
 
     parent = spec.parents[index]
     doc = spec.doc
@@ -219,7 +219,7 @@ def _count(module: nn.Module) -> int:
 def check_spec(spec: GrowthSpec | str | Path) -> dict[str, Any]:
     """Validate ``spec`` against the traced parents; return the plan (parents, template policy, steps).
 
-    Raises :class:`~growc.specdoc.GrowcSpecError` located at the offending spec value.
+    Raises :class:`~growc.spec.document.GrowcSpecError` located at the offending spec value.
     """
     spec = _as_spec(spec)
     _check_size(spec, trust_code=True)
@@ -227,7 +227,7 @@ def check_spec(spec: GrowthSpec | str | Path) -> dict[str, Any]:
 
 
 def _validate(spec: GrowthSpec, parents: list[nn.Module]) -> dict[str, Any]:
-    from .passes import layer_matches, templatable_weights
+    from growc.passes import layer_matches, templatable_weights
 
     doc = spec.doc
     x = example_input(spec)
@@ -357,7 +357,7 @@ def compile_spec(
         weights: load the parents' weights files (off: every parent randomly initialized, same structure).
         trust_code: accept ``package.module:factory`` references (they import and run code).
     """
-    from .passes import fuse, materialize, widen
+    from growc.passes import fuse, materialize, widen
 
     spec = _as_spec(spec)
     size = _check_size(spec, trust_code)
@@ -498,7 +498,7 @@ def write_artifact(
     ``gm`` must be the graph :func:`compile_spec` builds from ``spec`` (with any weights, e.g. after training):
     :func:`load` rebuilds it from the resolved spec.
     """
-    from . import __version__
+    from growc import __version__
 
     dest = check_destination(dest, overwrite=overwrite, replaceable=is_artifact, what=ARTIFACT_WHAT)
     output = _eval_output(gm, example)

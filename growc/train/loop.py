@@ -55,10 +55,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from .build import example_input, grow, load, write_artifact
-from .data import Dataset, load_data
-from .errors import GrowcError, GrowcIOError
-from .io import (
+from growc.compile.build import example_input, grow, load, write_artifact
+from growc.errors import GrowcError, GrowcIOError
+from growc.io import (
     atomic_directory,
     atomic_file,
     atomic_write_text,
@@ -68,9 +67,10 @@ from .io import (
     save_tensors,
     sha256_file,
 )
-from .ops import param_groups
-from .recipe import PhaseSpec, RecipeSpec, growth_spec, load_recipe, lr_at
-from .spec import GrowthSpec, load_spec
+from growc.models.datasets import Dataset, load_data
+from growc.runtime.layers import param_groups
+from growc.spec.growth import GrowthSpec, load_spec
+from growc.spec.recipe import PhaseSpec, RecipeSpec, growth_spec, load_recipe, lr_at
 
 __all__ = ["StoppedEarly", "count_training_flops", "fit", "format_results", "train"]
 
@@ -892,8 +892,8 @@ class _Trainer(_Loop):
         return [f"parent{i}" for i in range(len(self.spec.parents))] + ["grown"]
 
     def run(self) -> dict[str, Any]:
-        from .build import _template_options, build_parent
-        from .passes import templatize
+        from growc.compile.build import _template_options, build_parent
+        from growc.passes import templatize
 
         with _writing(self.out):
             self.out.mkdir(parents=True, exist_ok=True)
@@ -1009,7 +1009,7 @@ class _Trainer(_Loop):
         claimed = self._check_run_folder(self.fingerprint)
         self.dist.barrier()
         if self.dist.main:
-            from . import __version__
+            from growc import __version__
 
             if not claimed:  # run.json first: from then on the folder is this recipe's
                 run = {"format": RUN_FORMAT, "recipe_sha256": self.fingerprint, "growc": __version__,

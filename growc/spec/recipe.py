@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from .data import DataSpec, synthetic_size_problem
-from .spec import GrowthSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, check_steps, load_spec
-from .specdoc import Document, GrowcSpecError, SpecModel, exact_int, load_document
+from growc.spec.data import DataSpec, synthetic_size_problem
+from growc.spec.document import Document, GrowcSpecError, SpecModel, exact_int, load_document
+from growc.spec.growth import GrowthSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, check_steps, load_spec
 
 __all__ = [
     "OptimizerSpec",
@@ -157,7 +157,7 @@ def growth_spec(recipe: RecipeSpec) -> GrowthSpec:
 
 
 def load_recipe(source: str | Path, *, text: str | None = None, file: str | None = None) -> RecipeSpec:
-    """Load and validate a recipe; raises :class:`~growc.specdoc.GrowcSpecError` with file:line:column."""
+    """Load and validate a recipe; raises :class:`~growc.spec.document.GrowcSpecError` with file:line:column."""
     recipe, doc = load_document(source, RecipeSpec, text=text, file=file)
     recipe._doc = doc
     issues = []

@@ -20,7 +20,7 @@ from torch import Tensor, fx, nn
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map
 
-from .errors import GrowcConfigError, GrowcDataError, GrowcError
+from growc.errors import GrowcConfigError, GrowcDataError, GrowcError
 
 __all__ = [
     "TensorInfo",

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from .specdoc import Document, GrowcSpecError, Located, SpecModel, exact_int, load_document, plain_data
+from growc.spec.document import Document, GrowcSpecError, Located, SpecModel, exact_int, load_document, plain_data
 
 __all__ = [
     "SPEC_VERSION",
@@ -316,7 +316,7 @@ def check_steps(spec: GrowthSpec, doc: Located) -> None:
 
 
 def load_spec(source: str | Path, *, text: str | None = None, file: str | None = None) -> GrowthSpec:
-    """Load and validate a growth spec; raises :class:`~growc.specdoc.GrowcSpecError` with file:line:column.
+    """Load and validate a growth spec; raises :class:`~growc.spec.document.GrowcSpecError` with file:line:column.
 
     ``source`` is the YAML file (or, with ``text``, the name used in messages and for relative paths).
     """
@@ -334,7 +334,7 @@ def spec_json_schema() -> dict[str, Any]:
 def spec_json_schema_text(kind: str = "spec") -> str:
     """The JSON Schema of growth specs (``kind="spec"``) or recipes (``"recipe"``) as text."""
     if kind == "recipe":
-        from .recipe import recipe_json_schema
+        from growc.spec.recipe import recipe_json_schema
 
         return json.dumps(recipe_json_schema(), indent=2) + "\n"
     return json.dumps(spec_json_schema(), indent=2) + "\n"

@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import fx, nn
 
-from .errors import GrowcTraceError
-from .ops import GENERATED_TYPES, TemplateBank
+from growc.errors import GrowcTraceError
+from growc.runtime.layers import GENERATED_TYPES, TemplateBank
 
 __all__ = ["GrowcTracer", "attribute_owner", "graph_module", "trace"]
 

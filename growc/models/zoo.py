@@ -26,7 +26,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import GrowcConfigError, GrowcError
+from growc.errors import GrowcConfigError, GrowcError
 
 __all__ = ["CNN1d", "ModelBuildError", "ResNet", "WideResNet", "default_input_shape", "no_downloads", "resolve_model"]
 

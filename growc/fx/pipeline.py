@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from .errors import GrowcPassError
+from growc.errors import GrowcPassError
 
 __all__ = ["Pipeline", "finish_pass", "first_change", "pass_name", "snapshot"]
 
@@ -26,9 +26,9 @@ GraphPass = Callable[[fx.GraphModule], fx.GraphModule]
 def finish_pass(gm: fx.GraphModule, name: str, report: dict[str, Any]) -> fx.GraphModule:
     """Lint and recompile ``gm``'s graph and record ``report`` as the result of pass ``name``.
 
-    A graph that owns template banks gets the step markers (:func:`growc.ops.begin_step`/``end_step``) that let
-    each bank generate its weights once per forward."""
-    from .ops import add_step_markers
+    A graph that owns template banks gets the step markers
+    (:func:`growc.runtime.layers.begin_step`/``end_step``) that let each bank generate its weights once per forward."""
+    from growc.runtime.layers import add_step_markers
 
     try:
         gm.graph.lint()

@@ -1,0 +1,16 @@
+"""The model zoo: growc's own architectures, the safe model resolver and the local data sets.
+
+``growc.models:CNN1d``-style references in specs and recipes name the architectures exported here.
+"""
+
+from growc.models.zoo import (
+    CNN1d,
+    ModelBuildError,
+    ResNet,
+    WideResNet,
+    default_input_shape,
+    no_downloads,
+    resolve_model,
+)
+
+__all__ = ["CNN1d", "ModelBuildError", "ResNet", "WideResNet", "default_input_shape", "no_downloads", "resolve_model"]
