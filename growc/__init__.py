@@ -36,8 +36,7 @@ from growc.runtime.layers import (
 )
 from growc.spec.document import GrowcSpecError
 from growc.spec.growth import GrowthSpec, load_spec, spec_json_schema
-
-__version__ = "0.1.0"
+from growc.version import __version__
 
 __all__ = [
     "GrowResult",

@@ -337,7 +337,7 @@ def _channels(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from growc import __version__
+    from growc.version import __version__
 
     return __version__
 

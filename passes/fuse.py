@@ -45,12 +45,19 @@ from torch.nn.utils import parametrize
 from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
 from growc.fx.analysis import (
     TensorInfo,
-    _nonfinite_tree,
-    check_finite_state,
     computation_dtype,
     exactness_tolerance,
     max_abs_rel_error,
+    nonfinite_tree,
     propagate_shapes,
+)
+from growc.fx.checks import (
+    check_example_inputs,
+    check_growth_size,
+    check_parents,
+    check_seed,
+    checked_outputs,
+    is_templatized,
 )
 from growc.fx.pipeline import finish_pass
 from growc.fx.trace import attribute_owner, graph_module
@@ -70,16 +77,7 @@ from growc.runtime.layers import (
     strip_step_markers,
 )
 
-from .templatize import (
-    SIZE_FACTOR,
-    _bytes,
-    _check_seed,
-    _checked_outputs,
-    _example_inputs,
-    _size_bound,
-    _templatize_options,
-    templatize,
-)
+from .templatize import _templatize_options, templatize
 
 __all__ = ["fuse", "fuse_templated"]
 
@@ -793,10 +791,6 @@ def _is_stochastic_depth(target: Any) -> bool:
     return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
 
 
-def _is_templatized(model: nn.Module) -> bool:
-    return isinstance(model, fx.GraphModule) and hasattr(model, "growc_banks")
-
-
 def _signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
     """Each node's op and target, with the module's type and hyperparameters (``extra_repr``) and the node's
     constant arguments: parents must agree on all of it, not only on shapes."""
@@ -872,50 +866,6 @@ def _state_layout(gm: nn.Module) -> dict[str, tuple[str, str]]:
     }
 
 
-def _describe_parents(parents: Sequence[nn.Module], describe: Callable[[Tensor], str | None]) -> list[str]:
-    """Per parent, the distinct ``describe(tensor)`` values of its parameters and buffers, joined by ``/``."""
-    out = []
-    for parent in parents:
-        seen = {describe(t) for t in (*parent.parameters(), *parent.buffers())}
-        out.append("/".join(sorted(d for d in seen if d is not None)))
-    return out
-
-
-def _check_parents(where: str, parents: Sequence[nn.Module]) -> None:
-    """Parents on one device and of one floating dtype, with real, finite weights (clear errors, before any work)."""
-    devices = _describe_parents(parents, lambda t: str(t.device))
-    if len(set(devices)) > 1:
-        listed = ", ".join(f"parent {i} {d or 'none'}" for i, d in enumerate(devices))
-        raise GrowcConfigError(
-            f"{where}: the parents are on different devices: {listed}; move them to one device first (e.g. "
-            f"parent.to({devices[0].split('/')[0]!r}))"
-        )
-    dtypes = _describe_parents(
-        parents, lambda t: str(t.dtype).removeprefix("torch.") if t.is_floating_point() or t.is_complex() else None
-    )
-    if len(set(dtypes)) > 1:
-        listed = ", ".join(f"parent {i} {d or 'none'}" for i, d in enumerate(dtypes))
-        raise GrowcConfigError(
-            f"{where}: the parents hold different dtypes: {listed}; convert them to one dtype first (e.g. "
-            f"parent.to(torch.{dtypes[0].split('/')[0] or 'float32'}))"
-        )
-    for i, parent in enumerate(parents):
-        check_finite_state(parent, where, owner=f"parent {i}'s ")
-
-
-def _check_growth_size(where: str, request: str, fold: int, model: nn.Module) -> None:
-    """Refuse, before any copy, a growth whose generated weights (``fold`` times the model's parameters: n x n
-    blocks per layer) exceed :data:`~growc.passes.templatize.SIZE_FACTOR` times the parameters (or 1 GiB)."""
-    base = sum(p.numel() * p.element_size() for p in model.parameters())
-    bound = _size_bound(base)
-    if fold * base > bound:
-        raise GrowcDataError(
-            f"{where}: {request} would grow the model's {_bytes(base)} of parameters about {fold}-fold "
-            f"({_bytes(fold * base)}), more than growc's bound of {_bytes(bound)} ({SIZE_FACTOR} x the parameters, and "
-            "at least 1 GiB)"
-        )
-
-
 def fuse(
     parents: Sequence[nn.Module],
     example_inputs: Sequence[Any],
@@ -962,15 +912,15 @@ def fuse(
         raise GrowcConfigError(f"head must be 'sum' or 'mean', got {head!r}")
     if isinstance(cross_scale, bool) or not isinstance(cross_scale, (int, float)) or not math.isfinite(cross_scale):
         raise GrowcConfigError(f"cross_scale must be a finite number, got {cross_scale!r}")
-    seed = _check_seed(seed, span=len(parents))
+    seed = check_seed(seed, span=len(parents))
     options = _templatize_options("fuse", templatize_options)
-    example_inputs = _example_inputs("fuse", example_inputs)
-    _check_parents("fuse", parents)
+    example_inputs = check_example_inputs("fuse", example_inputs)
+    check_parents("fuse", parents)
     n = len(parents)
-    _check_growth_size("fuse", f"{n} parents", n * n, parents[0])
+    check_growth_size("fuse", f"{n} parents", n * n, parents[0])
     templated = [
         copy.deepcopy(p)
-        if _is_templatized(p)
+        if is_templatized(p)
         else templatize(p, example_inputs, seed=seed + i, verify=verify, **options)
         for i, p in enumerate(parents)
     ]
@@ -991,7 +941,7 @@ def fuse(
         "cross_templates": cross_templates,
         "head": head,
         "seed": seed,
-        "templatize": options if not all(_is_templatized(p) for p in parents) else None,
+        "templatize": options if not all(is_templatized(p) for p in parents) else None,
         "lifts": fuser.lifts,
         "fallbacks": fuser.fallbacks,
         "params": {"parents": parent_params, "fused": sum(p.numel() for p in gm.parameters())},
@@ -1056,7 +1006,7 @@ def _verify(
     train = parents[0].training
     readers = parents[:1] if head == "first" else parents
     labels = ["the model"] if where == "widen" else [f"parent {i}" for i in range(len(readers))]
-    outputs, fused = _checked_outputs(
+    outputs, fused = checked_outputs(
         where, list(zip(labels, readers, strict=True)), (_RESULT[where], gm), example_inputs, train, exact=exact
     )
     expected = outputs[0]
@@ -1064,7 +1014,7 @@ def _verify(
         expected = torch.utils._pytree.tree_map(operator.add, expected, out)
     if head == "mean":
         expected = torch.utils._pytree.tree_map(lambda t: t / len(parents), expected)
-    problem = _nonfinite_tree(expected) if len(outputs) > 1 else None
+    problem = nonfinite_tree(expected) if len(outputs) > 1 else None
     if problem is not None:
         dtype = str(computation_dtype(readers, expected)).removeprefix("torch.")
         raise GrowcDataError(

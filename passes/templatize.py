@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import numbers
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -43,16 +42,23 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
+from growc.errors import GrowcConfigError, GrowcDataError, GrowcPassError
 from growc.fx.analysis import (
-    _nonfinite_tree,
     check_finite_state,
-    check_finite_values,
     computation_dtype,
     exactness_tolerance,
     max_abs_rel_error,
     propagate_shapes,
-    run_outputs,
+)
+from growc.fx.checks import (
+    SIZE_FACTOR,
+    check_example_inputs,
+    check_module,
+    check_seed,
+    checked_outputs,
+    format_bytes,
+    positive_int,
+    size_bound,
 )
 from growc.fx.pipeline import finish_pass
 from growc.fx.trace import attribute_owner, graph_module, trace
@@ -76,11 +82,6 @@ Init = Literal["exact", "svd", "fresh"]
 #: :func:`growc.fx.analysis.exactness_tolerance` of the model's dtype; this is its float32 value.
 EXACT_TOLERANCE = exactness_tolerance(torch.float32)
 
-#: New template banks (and a grown model's generated weights) may take at most this many times the bytes of the
-#: weights they come from, or 1 GiB, whichever is more: a bound on a mistyped ``templates`` or ``factor``, checked
-#: before anything is allocated.
-SIZE_FACTOR = 256
-_SIZE_FLOOR = 2**30
 
 _PLAIN: dict[type[nn.Module], tuple[str, type[nn.Module]]] = {
     nn.Conv1d: ("conv1d", MixedConv1d),
@@ -486,7 +487,7 @@ def _relative_errors(diff: Tensor, ref: Tensor) -> tuple[list[float], float]:
 
 def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any], train: bool, init: str) -> dict[str, Any]:
     mode = "train" if train else "eval"
-    (reference,), output = _checked_outputs(
+    (reference,), output = checked_outputs(
         "templatize", [("the model", model)], ("templatized model", gm), example_inputs, train, exact=init == "exact"
     )
     tolerance = exactness_tolerance(computation_dtype([model], reference))
@@ -495,92 +496,6 @@ def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any], trai
     except ValueError as error:  # the outputs' structures or shapes differ
         return {"max_abs": math.inf, "max_rel": math.inf, "mode": mode, "tolerance": tolerance, "error": str(error)}
     return {"max_abs": max_abs, "max_rel": max_rel, "mode": mode, "tolerance": tolerance}
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
-def _checked_outputs(
-    where: str,
-    references: Sequence[tuple[str, nn.Module]],
-    candidate: tuple[str, nn.Module],
-    example_inputs: Sequence[Any],
-    train: bool,
-    *,
-    exact: bool,
-) -> tuple[list[Any], Any]:
-    """The references' and the candidate's outputs (see :func:`run_outputs`), with clear errors: a reference that
-    fails on the inputs is the caller's (``GrowcConfigError``), a candidate that fails is the pass's
-    (``GrowcPassError``); a non-finite reference output cannot be compared (``GrowcDataError``), nor a non-finite
-    candidate output of a lossy pass (an exact one fails its tolerance check instead)."""
-    outputs = []
-    for label, module in references:
-        try:
-            (out,) = run_outputs([module], example_inputs, train=train)
-        except GrowcError:
-            raise
-        except Exception as error:
-            raise GrowcConfigError(
-                f"{where}: {label} fails on the example inputs ({_first_line(error)}); do they fit the model?"
-            ) from error
-        problem = _nonfinite_tree(out)
-        if problem is not None:
-            dtype = str(computation_dtype([module], out)).removeprefix("torch.")
-            raise GrowcDataError(
-                f"{where}: {label}'s output on the example inputs {problem}, with finite weights and inputs: the "
-                f"output check cannot compare non-finite values (an overflow in {dtype}?); pass verify=False to skip it"
-            )
-        outputs.append(out)
-    label, module = candidate
-    try:
-        (out,) = run_outputs([module], example_inputs, train=train)
-    except GrowcError:
-        raise
-    except Exception as error:
-        raise GrowcPassError(
-            f"{where}: the {label} fails on the example inputs, which the model runs on ({_first_line(error)}). "
-            "Please report this model"
-        ) from error
-    problem = None if exact else _nonfinite_tree(out)
-    if problem is not None:
-        raise GrowcDataError(
-            f"{where}: the {label}'s output on the example inputs {problem}, while the model's is finite: its new "
-            "weights overflow; try another init or a wider dtype"
-        )
-    return outputs, out
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise GrowcConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed: Any, span: int = 1) -> int:
-    """A seed for ``torch.Generator.manual_seed``; ``span`` seeds ``seed, seed + 1, ...`` are drawn from it."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= 2**63 - span:
-        raise GrowcConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    return int(seed)
-
-
-def _check_module(where: str, model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise GrowcConfigError(f"{where} takes an nn.Module, got {type(model).__name__}")
-
-
-def _example_inputs(where: str, example_inputs: Any) -> tuple[Any, ...]:
-    """``example_inputs`` as a tuple, refused when it is not a tuple or list (a bare tensor would be split into
-    its rows), holds a meta tensor or a non-finite value."""
-    if not isinstance(example_inputs, (tuple, list)):
-        got = "a Tensor" if isinstance(example_inputs, Tensor) else type(example_inputs).__name__
-        raise GrowcConfigError(
-            f"{where}: example_inputs must be a tuple or list of the model's positional inputs, e.g. (x,); got {got}"
-        )
-    inputs = tuple(example_inputs)
-    check_finite_values(list(inputs), where, "example input")
-    return inputs
 
 
 _TEMPLATIZE_OPTIONS = ("sharing", "templates", "init", "window", "leaf_modules", "autowrap_functions", "concrete_args")
@@ -606,19 +521,6 @@ def _templatize_options(where: str, options: Any) -> dict[str, Any]:
     return {"sharing": "layer", "templates": 2, "init": "exact", **options}
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if n < 999.5 or unit == "PB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
-def _size_bound(base: int) -> int:
-    """The bytes a pass may allocate for templates or generated weights made from ``base`` bytes of weights."""
-    return max(_SIZE_FLOOR, SIZE_FACTOR * base)
-
-
 def _check_bank_sizes(groups: list[list[_Weight]], templates: int, init: str) -> None:
     """Refuse, before allocating anything, banks whose templates would exceed :data:`SIZE_FACTOR` times the
     weights they replace (or 1 GiB): a mistyped ``templates``, not a model."""
@@ -632,14 +534,14 @@ def _check_bank_sizes(groups: list[list[_Weight]], templates: int, init: str) ->
         )
     need = sum(s[0] for s in sizes)
     base = sum(s[1] for s in sizes)
-    bound = _size_bound(base)
+    bound = size_bound(base)
     if need > bound:
         useful = max(s[2] for s in sizes)
         raise GrowcDataError(
-            f"templatize: templates={templates} would allocate {_bytes(need)} of templates for {len(groups)} "
-            f"bank(s), more than growc's bound of {_bytes(bound)} ({SIZE_FACTOR} x the {_bytes(base)} of weights "
-            "they replace, and at least 1 GiB); a bank needs at most as many templates as its weight has elements "
-            f"(more are linearly dependent) or as it has layers (init='exact'): at most {useful} here"
+            f"templatize: templates={templates} would allocate {format_bytes(need)} of templates for {len(groups)} "
+            f"bank(s), more than growc's bound of {format_bytes(bound)} ({SIZE_FACTOR} x the {format_bytes(base)} of "
+            "weights they replace, and at least 1 GiB); a bank needs at most as many templates as its weight has "
+            f"elements (more are linearly dependent) or as it has layers (init='exact'): at most {useful} here"
         )
 
 
@@ -704,15 +606,15 @@ def templatize(
             meta device), another buffer holding NaN, or banks beyond growc's size bound (:data:`SIZE_FACTOR`).
         GrowcConfigError: an option of the wrong type or range, or a model that fails on its example inputs.
     """
-    _check_module("templatize", model)
+    check_module("templatize", model)
     if sharing not in ("layer", "shape", "shape_window"):
         raise GrowcConfigError(f"sharing must be 'layer', 'shape' or 'shape_window', got {sharing!r}")
     if init not in ("exact", "svd", "fresh"):
         raise GrowcConfigError(f"init must be 'exact', 'svd' or 'fresh', got {init!r}")
-    templates = _positive_int("templates", templates)
-    window = _positive_int("window", window)
-    seed = _check_seed(seed)
-    example_inputs = _example_inputs("templatize", example_inputs)
+    templates = positive_int("templates", templates)
+    window = positive_int("window", window)
+    seed = check_seed(seed)
+    example_inputs = check_example_inputs("templatize", example_inputs)
     check_finite_state(model, "templatize")
 
     traced = (

@@ -30,11 +30,12 @@ from torch import fx, nn
 
 from growc.errors import GrowcConfigError, GrowcPassError
 from growc.fx.analysis import check_finite_state
+from growc.fx.checks import check_example_inputs, check_growth_size, check_module, check_seed, is_templatized
 from growc.fx.pipeline import finish_pass
 from growc.runtime.layers import GRID_TYPES, MixedWeight, TemplateBank, _Mixed
 
-from .fuse import _check_growth_size, _Fuser, _is_templatized, _svd, _verify, fuse_templated
-from .templatize import _check_module, _check_seed, _example_inputs, _templatize_options, templatize
+from .fuse import _Fuser, _svd, _verify, fuse_templated
+from .templatize import _templatize_options, templatize
 
 __all__ = ["widen"]
 
@@ -94,19 +95,19 @@ def widen(
     output against ``model`` (``net2net`` and ``zero`` must match it: a difference above
     :func:`growc.fx.analysis.exactness_tolerance` of the model's dtype raises).
     """
-    _check_module("widen", model)
+    check_module("widen", model)
     if method not in ("mixture", "net2net", "random", "zero"):
         raise GrowcConfigError(f"method must be 'mixture', 'net2net', 'random' or 'zero', got {method!r}")
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
         raise GrowcConfigError(f"factor must be an integer >= 2, got {factor!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     options = _templatize_options("widen", templatize_options)
-    example_inputs = _example_inputs("widen", example_inputs)
+    example_inputs = check_example_inputs("widen", example_inputs)
     check_finite_state(model, "widen")
-    _check_growth_size("widen", f"factor={factor}", factor * factor, model)
+    check_growth_size("widen", f"factor={factor}", factor * factor, model)
     base = (
         copy.deepcopy(model)
-        if _is_templatized(model)
+        if is_templatized(model)
         else templatize(model, example_inputs, seed=seed, verify=verify, **options)
     )
     if method == "mixture" and not len(getattr(base, "growc_banks", ())):
@@ -147,7 +148,7 @@ def widen(
         "method": method,
         "factor": factor,
         "seed": seed,
-        "templatize": None if _is_templatized(model) else options,
+        "templatize": None if is_templatized(model) else options,
         "lifts": fuser.lifts,
         "fallbacks": fuser.fallbacks,
         "params": {"before": params_before, "after": sum(p.numel() for p in gm.parameters())},

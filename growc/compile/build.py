@@ -498,7 +498,7 @@ def write_artifact(
     ``gm`` must be the graph :func:`compile_spec` builds from ``spec`` (with any weights, e.g. after training):
     :func:`load` rebuilds it from the resolved spec.
     """
-    from growc import __version__
+    from growc.version import __version__
 
     dest = check_destination(dest, overwrite=overwrite, replaceable=is_artifact, what=ARTIFACT_WHAT)
     output = _eval_output(gm, example)

@@ -24,12 +24,17 @@ from growc.errors import GrowcConfigError, GrowcDataError, GrowcError
 
 __all__ = [
     "TensorInfo",
+    "as_tensor",
     "check_finite_state",
     "check_finite_values",
     "computation_dtype",
     "exactness_tolerance",
+    "leaf_error",
     "max_abs_rel_error",
+    "nonfinite_tree",
+    "plain_containers",
     "propagate_shapes",
+    "relative_error",
     "run_outputs",
 ]
 
@@ -165,10 +170,10 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> dict[
 #     max_abs = max |x - y|;  max_rel = max_abs / max |x|  (0 when max_abs == 0)
 # In :func:`max_abs_rel_error` a NaN anywhere (in either) is an infinite difference: NaN is never equal to NaN.
 # Equal infinities count as 0, any other infinity mismatch as an infinite difference; ``max |x|`` is taken over
-# finite entries. (``_leaf_stats`` alone, which growc.testing's assert_same_function uses, counts NaN vs NaN as 0.)
+# finite entries. (``leaf_error`` alone, which growc.testing's assert_same_function uses, counts NaN vs NaN as 0.)
 
 
-def _as_tensor(value: Any) -> torch.Tensor | None:
+def as_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (bool, int, float, complex)):
@@ -176,7 +181,7 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def _leaf_stats(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+def leaf_error(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     """``(max|ref - out|, max|ref|)`` for two same-shaped tensors (see module docstring)."""
     if ref.numel() == 0:
         return 0.0, 0.0
@@ -193,7 +198,7 @@ def _leaf_stats(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     return float(diff.max()), ref_max
 
 
-def _rel(max_abs: float, ref_max: float) -> float:
+def relative_error(max_abs: float, ref_max: float) -> float:
     if max_abs == 0.0:
         return 0.0
     return max_abs / ref_max if ref_max > 0.0 else math.inf
@@ -225,15 +230,15 @@ def run_outputs(modules: Sequence[nn.Module], inputs: Sequence[Any], *, train: b
     return outputs
 
 
-def _plain_containers(tree: Any) -> Any:
+def plain_containers(tree: Any) -> Any:
     """Mappings as plain dicts and namedtuples as tuples: a traced model returns ``dict`` where the model
     returned an ``OrderedDict``, and that is the same output."""
     if isinstance(tree, Mapping):
-        return {k: _plain_containers(v) for k, v in tree.items()}
+        return {k: plain_containers(v) for k, v in tree.items()}
     if isinstance(tree, tuple):
-        return tuple(_plain_containers(v) for v in tree)
+        return tuple(plain_containers(v) for v in tree)
     if isinstance(tree, list):
-        return [_plain_containers(v) for v in tree]
+        return [plain_containers(v) for v in tree]
     return tree
 
 
@@ -248,13 +253,13 @@ def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
     Raises:
         ValueError: if the tree structures or the shapes of corresponding leaves differ.
     """
-    ref_leaves, ref_spec = tree_flatten(_plain_containers(ref))
-    out_leaves, out_spec = tree_flatten(_plain_containers(out))
+    ref_leaves, ref_spec = tree_flatten(plain_containers(ref))
+    out_leaves, out_spec = tree_flatten(plain_containers(out))
     if ref_spec != out_spec:
         raise ValueError(f"output structures differ:\n  ref: {ref_spec}\n  out: {out_spec}")
     max_abs = ref_max = 0.0
     for i, (r, o) in enumerate(zip(ref_leaves, out_leaves, strict=True)):
-        rt, ot = _as_tensor(r), _as_tensor(o)
+        rt, ot = as_tensor(r), as_tensor(o)
         if rt is None or ot is None:
             leaf_abs, leaf_ref = (0.0 if r == o else math.inf), 0.0
         else:
@@ -262,9 +267,9 @@ def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
                 raise ValueError(f"leaf {i}: shapes differ: ref {tuple(rt.shape)} vs out {tuple(ot.shape)}")
             if _has_nan(rt) or _has_nan(ot):
                 return math.inf, math.inf  # a NaN is never equal to anything, another NaN included
-            leaf_abs, leaf_ref = _leaf_stats(rt, ot)
+            leaf_abs, leaf_ref = leaf_error(rt, ot)
         max_abs, ref_max = max(max_abs, leaf_abs), max(ref_max, leaf_ref)
-    return max_abs, _rel(max_abs, ref_max)
+    return max_abs, relative_error(max_abs, ref_max)
 
 
 def _has_nan(t: Tensor) -> bool:
@@ -314,12 +319,12 @@ _NORM_STATISTICS = ("running_mean", "running_var")
 
 def _nonfinite(t: Tensor) -> str | None:
     """``"holds 3 NaN and 1 infinite value(s) (of 144)"`` for a tensor with non-finite entries, else None."""
-    return _nonfinite_tree(t)
+    return nonfinite_tree(t)
 
 
-def _nonfinite_tree(values: Any) -> str | None:
+def nonfinite_tree(values: Any) -> str | None:
     """Like :func:`_nonfinite`, summed over every tensor leaf of a pytree (Python floats included)."""
-    tensors = [t for t in (_as_tensor(leaf) for leaf in tree_flatten(values)[0]) if t is not None]
+    tensors = [t for t in (as_tensor(leaf) for leaf in tree_flatten(values)[0]) if t is not None]
     floating = [t for t in tensors if (t.is_floating_point() or t.is_complex()) and not t.is_meta]
     if all(bool(torch.isfinite(t).all()) for t in floating):
         return None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path
 
-from growc.fx.analysis import _as_tensor, _leaf_stats, _plain_containers, _rel, max_abs_rel_error
+from growc.fx.analysis import as_tensor, leaf_error, max_abs_rel_error, plain_containers, relative_error
 
 __all__ = ["assert_same_function", "max_abs_rel_error"]
 
@@ -57,15 +57,15 @@ def _path_str(path: tuple[Any, ...]) -> str:
 
 
 def _compare(out_a: Any, out_b: Any, mode: str, rtol: float, atol: float) -> None:
-    leaves_a, spec_a = tree_flatten_with_path(_plain_containers(out_a))
-    leaves_b, spec_b = tree_flatten_with_path(_plain_containers(out_b))
+    leaves_a, spec_a = tree_flatten_with_path(plain_containers(out_a))
+    leaves_b, spec_b = tree_flatten_with_path(plain_containers(out_b))
     where = f"assert_same_function (mode={mode!r})"
     if spec_a != spec_b:
         raise AssertionError(f"{where}: output tree structures differ:\n  a: {spec_a}\n  b: {spec_b}")
     n = len(leaves_a)
     for i, ((path, x), (_, y)) in enumerate(zip(leaves_a, leaves_b, strict=True)):
         leaf = f"output leaf {i} of {n} (path {_path_str(path)})"
-        xt, yt = _as_tensor(x), _as_tensor(y)
+        xt, yt = as_tensor(x), as_tensor(y)
         if xt is None or yt is None or isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
             if type(x) is not type(y) or x != y:
                 raise AssertionError(f"{where}: {leaf} differs: a={x!r}, b={y!r}")
@@ -76,14 +76,14 @@ def _compare(out_a: Any, out_b: Any, mode: str, rtol: float, atol: float) -> Non
             )
         if xt.dtype != yt.dtype:
             raise AssertionError(f"{where}: {leaf} dtypes differ: a is {xt.dtype}, b is {yt.dtype}")
-        max_abs, ref_max = _leaf_stats(xt, yt)
+        max_abs, ref_max = leaf_error(xt, yt)
         tol = atol + rtol * ref_max
         if not max_abs <= tol:
             raise AssertionError(
                 f"{where}: {leaf} differs beyond tolerance:\n"
                 f"  shape: {tuple(xt.shape)}, dtype: {xt.dtype}\n"
                 f"  max abs diff: {max_abs:.6g}\n"
-                f"  max rel diff: {_rel(max_abs, ref_max):.6g} (max|a-b| / max|a|, max|a| = {ref_max:.6g})\n"
+                f"  max rel diff: {relative_error(max_abs, ref_max):.6g} (max|a-b| / max|a|, max|a| = {ref_max:.6g})\n"
                 f"  tolerance: atol + rtol*max|a| = {atol:g} + {rtol:g}*{ref_max:.6g} = {tol:.6g}"
             )
 

@@ -1009,7 +1009,7 @@ class _Trainer(_Loop):
         claimed = self._check_run_folder(self.fingerprint)
         self.dist.barrier()
         if self.dist.main:
-            from growc import __version__
+            from growc.version import __version__
 
             if not claimed:  # run.json first: from then on the folder is this recipe's
                 run = {"format": RUN_FORMAT, "recipe_sha256": self.fingerprint, "growc": __version__,

@@ -1,0 +1,263 @@
+"""growc's architecture, computed from its source: the import graph, its layers and the op registry.
+
+Run ``python docs/architecture.py`` to regenerate ``docs/architecture.dot`` and ``docs/architecture.svg`` (the
+layer diagram) after changing what imports what; ``tests/test_architecture.py`` fails while the checked-in files
+disagree with the source, and whenever a module imports upward, an import cycle appears, or a private name crosses
+a module boundary.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The layers, lowest first, each with the packages (or modules) it holds and what it owns. A module may import
+#: modules of a lower layer and of its own package (or, for a layer of plain modules, the layer's other modules);
+#: never a higher layer, never a sibling package of the same layer.
+LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("base", ("growc.errors", "growc.io", "growc.version"), "errors, atomic file I/O, the version"),
+    ("runtime", ("growc.runtime",), "template banks, mixed and grid layers, weight generation, parameter groups"),
+    ("fx", ("growc.fx",), "capture, shape analysis, comparison, pass checks, the pass contract, the op registry"),
+    ("passes", ("growc.passes",), "templatize, channels, fuse, widen, materialize: pure graph rewrites"),
+    ("spec", ("growc.spec",), "YAML documents with located errors, growth specs, recipes, data sections, schemas"),
+    ("models", ("growc.models",), "the zoo: growc's architectures, the safe model resolver, local data sets"),
+    ("compile", ("growc.compile", "growc.testing"), "spec -> grown GraphModule and artifact; property-test kit"),
+    ("train", ("growc.train",), "recipes -> trained weights: loop, schedule, checkpoints, run folders, reports"),
+    ("interface", ("growc.cli", "growc.__main__", "growc"), "the command line and the public API"),
+)
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """``(rank, package)`` of a growc module: the longest matching entry of :data:`LAYERS`."""
+    best: tuple[int, str] | None = None
+    for rank, (_, packages, _) in enumerate(LAYERS):
+        for package in packages:
+            if (module == package or module.startswith(package + ".")) and (
+                best is None or len(package) > len(best[1])
+            ):
+                best = (rank, package)
+    if best is None:
+        raise ValueError(f"{module} belongs to no layer of docs/architecture.py")
+    return best
+
+
+def module_files() -> dict[str, Path]:
+    """Every growc module and the file it comes from (``passes/`` is installed as ``growc.passes``)."""
+    out: dict[str, Path] = {}
+    for base, package in ((ROOT / "growc", "growc"), (ROOT / "passes", "growc.passes")):
+        for path in sorted(base.rglob("*.py")):
+            parts = list(path.relative_to(base).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str
+    module: str  # the growc module imported (or the module a name is taken from)
+    name: str | None  # the name taken, for ``from module import name`` of a non-module
+    line: int
+    lazy: bool  # inside a function body
+
+
+def _resolve(importer: str, is_package: bool, level: int, module: str | None) -> str:
+    if level == 0:
+        return module or ""
+    base = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def imports(files: dict[str, Path] | None = None) -> list[Import]:
+    """Every import of a growc module by a growc module, module-level and lazy alike."""
+    files = files or module_files()
+    out: list[Import] = []
+    for importer, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        is_package = path.name == "__init__.py"
+        lazy_lines = {
+            n.lineno
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+        }
+        for node in ast.walk(tree):
+            lazy = getattr(node, "lineno", 0) in lazy_lines
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "growc":
+                        out.append(Import(importer, alias.name, None, node.lineno, lazy))
+            elif isinstance(node, ast.ImportFrom):
+                source = _resolve(importer, is_package, node.level, node.module)
+                if source.split(".")[0] != "growc":
+                    continue
+                for alias in node.names:
+                    sub = f"{source}.{alias.name}"
+                    if sub in files:
+                        out.append(Import(importer, sub, None, node.lineno, lazy))
+                    else:
+                        out.append(Import(importer, source, alias.name, node.lineno, lazy))
+    return out
+
+
+def private_attribute_uses(files: dict[str, Path] | None = None) -> list[tuple[str, int, str]]:
+    """``(importer, line, "module._name")`` for every ``alias._name`` where ``alias`` is a growc module."""
+    files = files or module_files()
+    out = []
+    for importer, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("growc"):
+                        aliases[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.ImportFrom):
+                source = _resolve(importer, path.name == "__init__.py", node.level, node.module)
+                for alias in node.names:
+                    if f"{source}.{alias.name}" in files:
+                        aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                dotted = ast.unparse(node.value)
+                if dotted in aliases and aliases[dotted] != importer:
+                    out.append((importer, node.lineno, f"{aliases[dotted]}.{node.attr}"))
+    return out
+
+
+def violations() -> list[str]:
+    """Every upward import, same-layer import across packages, private name crossing modules, and cycle."""
+    import networkx as nx
+
+    files = module_files()
+    found = imports(files)
+    problems = []
+    graph = nx.DiGraph()
+    graph.add_nodes_from(files)
+    for imp in found:
+        if imp.module not in files:
+            problems.append(f"{imp.importer}:{imp.line} imports {imp.module}, which does not exist")
+            continue
+        if imp.module != imp.importer:
+            graph.add_edge(imp.importer, imp.module)
+        (ra, pa), (rb, pb) = layer_of(imp.importer), layer_of(imp.module)
+        packages = files.get(pa, Path()).name == "__init__.py" and files.get(pb, Path()).name == "__init__.py"
+        if rb > ra or (rb == ra and pa != pb and packages):
+            problems.append(
+                f"{imp.importer}:{imp.line} ({LAYERS[ra][0]}) imports {imp.module} ({LAYERS[rb][0]}): "
+                "layers import only downward"
+            )
+        if imp.name and imp.name.startswith("_") and not imp.name.startswith("__") and imp.module != imp.importer:
+            problems.append(f"{imp.importer}:{imp.line} imports the private name {imp.module}.{imp.name}")
+    for importer, line, name in private_attribute_uses(files):
+        problems.append(f"{importer}:{line} uses the private name {name}")
+    for component in nx.strongly_connected_components(graph):
+        if len(component) > 1:
+            problems.append("import cycle: " + " <-> ".join(sorted(component)))
+    return problems
+
+
+def package_edges() -> list[tuple[str, str]]:
+    """The import graph folded onto packages (layer entries), without self-edges, sorted."""
+    files = module_files()
+    edges = set()
+    for imp in imports(files):
+        if imp.module in files:
+            a, b = layer_of(imp.importer)[1], layer_of(imp.module)[1]
+            if a != b:
+                edges.add((a, b))
+    return sorted(edges)
+
+
+def dot() -> str:
+    """The layer diagram as Graphviz DOT: one row per layer (lowest at the bottom), its packages' modules, and
+    the package-level import edges."""
+    files = module_files()
+    lines = [
+        "// generated by docs/architecture.py from growc's source; do not edit",
+        "digraph growc {",
+        "  rankdir=BT; node [shape=box, fontname=Helvetica, fontsize=10]; edge [color=gray40];",
+    ]
+    for rank, (name, packages, owns) in enumerate(LAYERS):
+        lines.append(f'  subgraph cluster_{rank} {{ label="{name}: {owns}"; fontsize=10; rank=same;')
+        for package in packages:
+            members = sorted(
+                m.removeprefix(package + ".")
+                for m in files
+                if (m == package or m.startswith(package + ".")) and layer_of(m)[1] == package and m != package
+            )
+            label = package + (("\\n" + ", ".join(members)) if members else "")
+            lines.append(f'    "{package}" [label="{label}"];')
+        lines.append("  }")
+    for a, b in package_edges():
+        lines.append(f'  "{a}" -> "{b}";')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def svg(source: str) -> str:
+    """The diagram drawn with matplotlib (no Graphviz binary needed): one band per layer, lowest at the bottom,
+    package boxes in it, import edges as arrows. Carries the SHA-256 of the DOT source it was drawn from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "growc"
+    files = module_files()
+    width, band = 15.0, 1.25
+    fig, ax = plt.subplots(figsize=(width, band * len(LAYERS) + 0.4))
+    ax.set_xlim(0, width)
+    ax.set_ylim(-0.2, band * len(LAYERS) + 0.2)
+    ax.axis("off")
+    centers: dict[str, tuple[float, float]] = {}
+    for rank, (name, packages, owns) in enumerate(LAYERS):
+        y = rank * band
+        ax.add_patch(plt.Rectangle((0.05, y + 0.05), width - 0.1, band - 0.1, fc="#f3f3f3", ec="#bbbbbb"))
+        ax.text(0.15, y + band - 0.2, f"{name}", fontsize=9, weight="bold", va="center")
+        ax.text(0.15, y + 0.2, owns, fontsize=6.5, color="#555555", va="center")
+        slot = (width - 3.2) / len(packages)
+        for i, package in enumerate(packages):
+            x = 3.0 + slot * (i + 0.5)
+            members = sorted(
+                m.removeprefix(package + ".")
+                for m in files
+                if m.startswith(package + ".") and layer_of(m)[1] == package
+            )
+            text = package + ("\n" + ", ".join(members) if members else "")
+            ax.text(x, y + band / 2, text, fontsize=6.5, ha="center", va="center", wrap=True,
+                    bbox={"boxstyle": "round", "fc": "white", "ec": "#336699"})  # fmt: skip
+            centers[package] = (x, y + band / 2)
+    for a, b in package_edges():
+        (xa, ya), (xb, yb) = centers[a], centers[b]
+        ax.annotate("", xy=(xb, yb + 0.28), xytext=(xa, ya - 0.28),
+                    arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.5, "alpha": 0.6})  # fmt: skip
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    return buffer.getvalue().replace("<svg ", f"<!-- growc architecture, dot sha256 {digest} -->\n<svg ", 1)
+
+
+def main() -> int:
+    source = dot()
+    (ROOT / "docs" / "architecture.dot").write_text(source)
+    (ROOT / "docs" / "architecture.svg").write_text(svg(source))
+    problems = violations()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

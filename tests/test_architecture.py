@@ -1,0 +1,58 @@
+"""The architecture holds: layers import only downward, no import cycles, no private name crosses a module, and
+the checked-in layer diagram is the one the source draws (``python docs/architecture.py`` regenerates it)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _architecture():
+    spec = importlib.util.spec_from_file_location("growc_architecture", ROOT / "docs" / "architecture.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+ARCH = _architecture()
+
+
+def test_every_module_is_in_a_layer():
+    for module in ARCH.module_files():
+        ARCH.layer_of(module)  # raises for a module no layer holds
+
+
+def test_no_upward_import_no_cycle_no_private_name_across_modules():
+    assert ARCH.violations() == []
+
+
+def test_the_checker_sees_what_it_must_refuse(tmp_path, monkeypatch):
+    """The checker is not vacuous: an upward import, a cycle and a private import in a scratch tree are found."""
+    (tmp_path / "growc" / "runtime").mkdir(parents=True)
+    (tmp_path / "growc" / "fx").mkdir()
+    (tmp_path / "passes").mkdir()
+    (tmp_path / "growc" / "__init__.py").write_text("")
+    (tmp_path / "growc" / "errors.py").write_text("")
+    (tmp_path / "growc" / "runtime" / "__init__.py").write_text("")
+    (tmp_path / "growc" / "fx" / "__init__.py").write_text("")
+    (tmp_path / "growc" / "runtime" / "a.py").write_text("from growc.fx.b import thing\n")
+    (tmp_path / "growc" / "fx" / "b.py").write_text("from growc.runtime.a import _hidden\n")
+    monkeypatch.setattr(ARCH, "ROOT", tmp_path)
+    found = "\n".join(ARCH.violations())
+    assert "growc.runtime.a:1 (runtime) imports growc.fx.b (fx): layers import only downward" in found
+    assert "growc.fx.b:1 imports the private name growc.runtime.a._hidden" in found
+    assert "import cycle: growc.fx.b <-> growc.runtime.a" in found
+
+
+def test_the_checked_in_diagram_is_the_one_the_source_draws():
+    source = ARCH.dot()
+    assert (ROOT / "docs" / "architecture.dot").read_text() == source, "run: python docs/architecture.py"
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    assert f"dot sha256 {digest}" in (ROOT / "docs" / "architecture.svg").read_text(), (
+        "run: python docs/architecture.py"
+    )
