@@ -1,6 +1,6 @@
 """growc's architecture, computed from its source: the import graph, its layers and the op registry.
 
-Run ``python docs/architecture.py`` to regenerate ``docs/architecture.dot`` and ``docs/architecture.svg`` (the
+Run ``python docs/architecture.py`` (``--check``: only list the violations) to regenerate ``docs/architecture.dot`` and ``docs/architecture.svg`` (the
 layer diagram) after changing what imports what; ``tests/test_architecture.py`` fails while the checked-in files
 disagree with the source, and whenever a module imports upward, an import cycle appears, or a private name crosses
 a module boundary.
@@ -249,10 +249,12 @@ def svg(source: str) -> str:
     return buffer.getvalue().replace("<svg ", f"<!-- growc architecture, dot sha256 {digest} -->\n<svg ", 1)
 
 
-def main() -> int:
-    source = dot()
-    (ROOT / "docs" / "architecture.dot").write_text(source)
-    (ROOT / "docs" / "architecture.svg").write_text(svg(source))
+def main(argv: list[str]) -> int:
+    """Regenerate the diagram files (unless ``--check``) and print every violation; 1 when there is one."""
+    if "--check" not in argv:
+        source = dot()
+        (ROOT / "docs" / "architecture.dot").write_text(source)
+        (ROOT / "docs" / "architecture.svg").write_text(svg(source))
     problems = violations()
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -260,4 +262,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
