@@ -1,9 +1,9 @@
 """growc's architecture, computed from its source: the import graph, its layers and the op registry.
 
-Run ``python docs/architecture.py`` (``--check``: only list the violations) to regenerate ``docs/architecture.dot`` and ``docs/architecture.svg`` (the
-layer diagram) after changing what imports what; ``tests/test_architecture.py`` fails while the checked-in files
-disagree with the source, and whenever a module imports upward, an import cycle appears, or a private name crosses
-a module boundary.
+Run ``python docs/architecture.py`` to regenerate ``docs/architecture.dot`` and ``docs/architecture.svg`` (the
+layer diagram; ``--check`` only lists the violations) after changing what imports what.
+``tests/test_architecture.py`` fails while the checked-in files disagree with the source, and whenever a module
+imports upward, an import cycle appears, or a private name crosses a module boundary.
 """
 
 from __future__ import annotations
