@@ -95,7 +95,8 @@ def example_input(spec: GrowthSpec) -> torch.Tensor:
     return torch.randn(spec.input.shape, generator=generator).to(DTYPES[spec.input.dtype])
 
 
-def _template_options(spec: GrowthSpec) -> dict[str, Any]:
+def template_options(spec: GrowthSpec) -> dict[str, Any]:
+    """The keyword arguments of :func:`growc.templatize` that the spec's template policy (and trace) sets."""
     t = spec.templates
     options: dict[str, Any] = {"sharing": t.sharing, "templates": t.per_bank, "init": t.init, "window": t.window}
     if spec.trace.leaf_modules:
@@ -142,7 +143,7 @@ def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True, trust_co
     target: nn.Module = model
     if any(k.startswith("growc_banks.") for k in tensors):
         target = templatize(
-            model, (example_input(spec),), seed=spec.seed + index, verify=False, **_template_options(spec)
+            model, (example_input(spec),), seed=spec.seed + index, verify=False, **template_options(spec)
         )
     try:
         load_into(target, tensors, f"weights file '{path}'")
@@ -366,7 +367,7 @@ def compile_spec(
     parents = [build_parent(spec, i, weights=weights, trust_code=trust_code) for i in range(len(spec.parents))]
     if verify:
         _validate(spec, parents)
-    options = _template_options(spec)
+    options = template_options(spec)
     gm: fx.GraphModule | None = None
     steps: list[dict[str, Any]] = []
     for i, step in enumerate(spec.growth):

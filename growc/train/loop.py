@@ -892,7 +892,7 @@ class _Trainer(_Loop):
         return [f"parent{i}" for i in range(len(self.spec.parents))] + ["grown"]
 
     def run(self) -> dict[str, Any]:
-        from growc.compile.build import _template_options, build_parent
+        from growc.compile.build import build_parent, template_options
         from growc.passes import templatize
 
         with _writing(self.out):
@@ -902,7 +902,7 @@ class _Trainer(_Loop):
         parents = []
         for i in range(len(spec.parents)):
             model = build_parent(spec, i)
-            model = templatize(model, (x,), seed=spec.seed + i, verify=False, **_template_options(spec))
+            model = templatize(model, (x,), seed=spec.seed + i, verify=False, **template_options(spec))
             with torch.no_grad():
                 classes = model.eval()(x).shape[-1]
             model.train(spec.trace.mode == "train")
