@@ -162,23 +162,45 @@ def test_mean_head_averages_logits() -> None:
 
 
 def test_fused_model_trains_and_every_parameter_gets_a_gradient() -> None:
+    """SGD on the fused model's parameter groups fits a fixed batch: every parameter gets a gradient, every step
+    moves the templates, and the loss falls well below where it started."""
     _, _, gm, x = fused_wrn()
-    optimizer = torch.optim.SGD(growc.param_groups(gm, 5e-4), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(gm(x), torch.arange(4) % 5)
-    loss.backward()
-    assert all(p.grad is not None for p in gm.parameters())
-    optimizer.step()
+    gm.train()
+    y = torch.arange(4) % 5
+    optimizer = torch.optim.SGD(growc.param_groups(gm, 5e-4), lr=0.05, momentum=0.9)
+    templates = [p for name, p in gm.named_parameters() if name.endswith("templates")]
+    assert templates
+    losses = []
+    for step in range(8):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(gm(x), y)
+        loss.backward()
+        if step == 0:
+            assert all(p.grad is not None for p in gm.parameters())
+        before = [t.detach().clone() for t in templates]
+        optimizer.step()
+        assert all(not torch.equal(b, t) for b, t in zip(before, templates, strict=True))
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_ddp_wraps_the_fused_model_without_unused_parameters(tmp_path) -> None:
     import torch.distributed as dist
 
     _, _, gm, x = fused_wrn()
+    local = copy.deepcopy(gm)
+    local(x).sum().backward()
+    expected = {name: p.grad.clone() for name, p in local.named_parameters()}
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        ddp = nn.parallel.DistributedDataParallel(gm)
-        for _ in range(2):  # a second step fails if a parameter went unused in the first
+        ddp = nn.parallel.DistributedDataParallel(gm)  # find_unused_parameters=False: every one must be used
+        for step in range(2):  # a second step fails if a parameter went unused in the first
+            ddp.zero_grad()
             ddp(x).sum().backward()
+            got = {name: p.grad for name, p in gm.named_parameters()}
+            assert got.keys() == expected.keys()
+            for name, grad in expected.items():  # one rank: DDP's reduced gradients are the local ones
+                torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=f"step {step}: {name}")
     finally:
         dist.destroy_process_group()
 

@@ -33,7 +33,7 @@ from growc.errors import GrowcDataError, GrowcError, GrowcExistsError
 from growc.fx.analysis import exactness_tolerance
 from growc.io import save_state_dict, sha256_file
 from growc.models.zoo import resolve_model
-from growc.passes import templatize
+from growc.passes import materialize, templatize
 from growc.spec.document import GrowcSpecError
 from growc.spec.growth import load_spec
 
@@ -105,8 +105,13 @@ def test_every_shipped_spec_validates_and_compiles(path: Path, tmp_path: Path) -
 
 
 def test_the_resnet50_family_spec_grows_to_resnet50s_shapes(tmp_path: Path) -> None:
+    """Materialized, the grown model has torchvision ResNet-50's state dict: the same names with the same shapes."""
+    torchvision = pytest.importorskip("torchvision")
     result = compile_spec(ROOT / "specs" / "resnet-50-0.5x2-to-resnet-50-imagenet.yaml")
     assert result.report["params"]["materialized"] == 25_557_032  # torchvision's ResNet-50
+    grown = {k: tuple(v.shape) for k, v in materialize(result.model).state_dict().items()}
+    plain = {k: tuple(v.shape) for k, v in torchvision.models.resnet50(weights=None).state_dict().items()}
+    assert grown == plain
 
 
 def test_load_of_grow_equals_the_in_memory_result(small_spec: Path, tmp_path: Path) -> None:
