@@ -203,14 +203,13 @@ def dot() -> str:
     return "\n".join(lines) + "\n"
 
 
-def svg(source: str) -> str:
-    """The diagram drawn with matplotlib (no Graphviz binary needed): one band per layer, lowest at the bottom,
-    package boxes in it, import edges as arrows. Carries the SHA-256 of the DOT source it was drawn from."""
+def figure():  # a matplotlib Figure (matplotlib is imported lazily)
+    """The layer diagram as a matplotlib figure: one band per layer, lowest at the bottom, package boxes in it
+    listing their modules, package-level import edges as arrows (less the edges into the base layer, which every
+    layer uses, and out of the package root, which re-exports the public API; the DOT source has them all)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "growc"
@@ -224,26 +223,40 @@ def svg(source: str) -> str:
     for rank, (name, packages, owns) in enumerate(LAYERS):
         y = rank * band
         ax.add_patch(plt.Rectangle((0.05, y + 0.05), width - 0.1, band - 0.1, fc="#f3f3f3", ec="#bbbbbb"))
-        ax.text(0.15, y + band - 0.2, f"{name}", fontsize=9, weight="bold", va="center")
-        ax.text(0.15, y + 0.2, owns, fontsize=6.5, color="#555555", va="center")
-        slot = (width - 3.2) / len(packages)
+        ax.text(0.15, y + band - 0.25, name, fontsize=10, weight="bold", va="center")
+        ax.text(0.15, y + 0.22, owns, fontsize=6.5, color="#555555", va="center", wrap=True)
+        slot = (width - 3.4) / len(packages)
         for i, package in enumerate(packages):
-            x = 3.0 + slot * (i + 0.5)
+            x = 3.2 + slot * (i + 0.5)
             members = sorted(
                 m.removeprefix(package + ".")
                 for m in files
                 if m.startswith(package + ".") and layer_of(m)[1] == package
             )
             text = package + ("\n" + ", ".join(members) if members else "")
-            ax.text(x, y + band / 2, text, fontsize=6.5, ha="center", va="center", wrap=True,
+            ax.text(x, y + band / 2, text, fontsize=7, ha="center", va="center",
                     bbox={"boxstyle": "round", "fc": "white", "ec": "#336699"})  # fmt: skip
             centers[package] = (x, y + band / 2)
+    base = set(LAYERS[0][1])
     for a, b in package_edges():
+        if b in base or a == "growc":  # every layer may use the base; the root re-exports the public API
+            continue
         (xa, ya), (xb, yb) = centers[a], centers[b]
-        ax.annotate("", xy=(xb, yb + 0.28), xytext=(xa, ya - 0.28),
-                    arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.5, "alpha": 0.6})  # fmt: skip
+        ax.annotate("", xy=(xb, yb + 0.3), xytext=(xa, ya - 0.3),
+                    arrowprops={"arrowstyle": "->", "color": "#7799bb", "lw": 0.6, "alpha": 0.7,
+                                "connectionstyle": "arc3,rad=0.08"})  # fmt: skip
+    return fig
+
+
+def svg(source: str) -> str:
+    """:func:`figure` as SVG, carrying the SHA-256 of the DOT source drawn from the same graph."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = figure()
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     digest = hashlib.sha256(source.encode()).hexdigest()
     return buffer.getvalue().replace("<svg ", f"<!-- growc architecture, dot sha256 {digest} -->\n<svg ", 1)
