@@ -37,7 +37,7 @@ from torch import nn
 import growc
 from growc.io import atomic_write_text, write_json
 from growc.models.datasets import load_data
-from growc.models.zoo import resolve_model
+from growc.models import resolve_model
 from growc.spec.data import DataSpec
 from growc.spec.recipe import PhaseSpec
 from growc.train.loop import fit

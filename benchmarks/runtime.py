@@ -37,8 +37,9 @@ from torch import nn
 
 import growc
 from growc.io import atomic_write_text, write_json
-from growc.models.zoo import resolve_model
-from growc.runtime.layers import GRID_TYPES, begin_step, end_step, strip_step_markers
+from growc.models import resolve_model
+from growc.runtime.layers import GRID_TYPES
+from growc.runtime.markers import begin_step, end_step, strip_step_markers
 
 ROOT = Path(__file__).resolve().parent
 FAMILIES = {

@@ -10,7 +10,7 @@ import torch
 import growc
 from growc.errors import GrowcError
 from growc.fx.draw import coefficient_heatmap, coefficient_rows, graph_dot, write_graphic
-from growc.models.zoo import resolve_model
+from growc.models import resolve_model
 
 
 @pytest.fixture(scope="module")

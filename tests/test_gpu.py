@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import growc
-from growc.models.zoo import WideResNet
+from growc.models import WideResNet
 from growc.testing import assert_same_function
 
 pytestmark = pytest.mark.gpu

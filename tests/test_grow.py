@@ -32,7 +32,7 @@ from growc.compile.build import (
 from growc.errors import GrowcDataError, GrowcError, GrowcExistsError
 from growc.fx.analysis import exactness_tolerance
 from growc.io import save_state_dict, sha256_file
-from growc.models.zoo import resolve_model
+from growc.models import resolve_model
 from growc.passes import materialize, templatize
 from growc.spec.document import GrowcSpecError
 from growc.spec.growth import load_spec

@@ -10,7 +10,7 @@ from torch import nn
 
 import growc
 from growc.errors import GrowcConfigError
-from growc.models.zoo import CNN1d, ModelBuildError, WideResNet, default_input_shape, no_downloads, resolve_model
+from growc.models import CNN1d, ModelBuildError, WideResNet, default_input_shape, no_downloads, resolve_model
 
 
 @pytest.mark.parametrize(("ref", "shape", "classes"), [("wrn-16-4", (2, 3, 32, 32), 10), ("cnn1d-8", (2, 1, 40), 10)])
