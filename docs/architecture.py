@@ -13,6 +13,7 @@ import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,6 +134,58 @@ def private_attribute_uses(files: dict[str, Path] | None = None) -> list[tuple[s
     return out
 
 
+def _private_members(files: dict[str, Path]) -> dict[str, set[str]]:
+    """Private members growc classes define (``def _x`` in a class, ``self._x = ...``, ``setattr(obj, "_x", ...)``),
+    less the names torch's own classes have (``_modules``, ``_version``, ...), with the modules defining them."""
+    import torch
+    from torch import fx, nn
+
+    foreign = set()
+    for cls in (nn.Module, nn.Parameter, torch.Tensor, fx.GraphModule, fx.Graph, fx.Node, fx.Interpreter):
+        foreign |= set(dir(cls))
+    defined: dict[str, set[str]] = {}
+
+    def add(name: Any, module: str) -> None:
+        if isinstance(name, str) and name.startswith("_") and not name.startswith("__") and name not in foreign:
+            defined.setdefault(name, set()).add(module)
+
+    for module, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in ast.walk(node):
+                    if isinstance(item, ast.FunctionDef):
+                        add(item.name, module)
+                    elif isinstance(item, ast.Attribute) and isinstance(item.ctx, ast.Store):
+                        if isinstance(item.value, ast.Name) and item.value.id == "self":
+                            add(item.attr, module)
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("object.__setattr__", "setattr"):
+                if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+                    add(node.args[1].value, module)
+    return defined
+
+
+def private_member_uses(files: dict[str, Path] | None = None) -> list[tuple[str, int, str]]:
+    """``(module, line, "._x")`` wherever growc's code or tests use a private member a growc class of another
+    module defines (an attribute, or ``getattr``/``setattr``/``hasattr`` by name)."""
+    files = files or module_files()
+    defined = _private_members(files)
+    readers = dict(files)
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        readers[f"tests.{path.stem}"] = path
+    out = []
+    for module, path in readers.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = None
+            if isinstance(node, ast.Attribute):
+                name = node.attr
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "setattr", "hasattr"):
+                if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+                    name = node.args[1].value
+            if isinstance(name, str) and name in defined and module not in defined[name]:
+                out.append((module, node.lineno, f".{name} (a private member of {', '.join(sorted(defined[name]))})"))
+    return out
+
+
 def violations() -> list[str]:
     """Every upward import, same-layer import across packages, private name crossing modules, and cycle."""
     import networkx as nx
@@ -159,6 +212,8 @@ def violations() -> list[str]:
             problems.append(f"{imp.importer}:{imp.line} imports the private name {imp.module}.{imp.name}")
     for importer, line, name in private_attribute_uses(files):
         problems.append(f"{importer}:{line} uses the private name {name}")
+    for reader, line, name in private_member_uses(files):
+        problems.append(f"{reader}:{line} uses {name}")
     for component in nx.strongly_connected_components(graph):
         if len(component) > 1:
             problems.append("import cycle: " + " <-> ".join(sorted(component)))

@@ -32,7 +32,8 @@ def test_no_upward_import_no_cycle_no_private_name_across_modules():
 
 
 def test_the_checker_sees_what_it_must_refuse(tmp_path, monkeypatch):
-    """The checker is not vacuous: an upward import, a cycle and a private import in a scratch tree are found."""
+    """The checker is not vacuous: an upward import, a cycle, a private import and private members used from
+    another module (by attribute and by ``getattr``, in code and in tests) are all found in a scratch tree."""
     (tmp_path / "growc" / "runtime").mkdir(parents=True)
     (tmp_path / "growc" / "fx").mkdir()
     (tmp_path / "passes").mkdir()
@@ -40,13 +41,19 @@ def test_the_checker_sees_what_it_must_refuse(tmp_path, monkeypatch):
     (tmp_path / "growc" / "errors.py").write_text("")
     (tmp_path / "growc" / "runtime" / "__init__.py").write_text("")
     (tmp_path / "growc" / "fx" / "__init__.py").write_text("")
-    (tmp_path / "growc" / "runtime" / "a.py").write_text("from growc.fx.b import thing\n")
-    (tmp_path / "growc" / "fx" / "b.py").write_text("from growc.runtime.a import _hidden\n")
+    (tmp_path / "growc" / "runtime" / "a.py").write_text(
+        "from growc.fx.b import thing\n\n\nclass Bank:\n    def __init__(self):\n        self._epoch = 0\n"
+    )
+    (tmp_path / "growc" / "fx" / "b.py").write_text("from growc.runtime.a import _hidden\n\n\nseen = bank._epoch\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("def test_it(layer):\n    assert getattr(layer, '_epoch') == 0\n")
     monkeypatch.setattr(ARCH, "ROOT", tmp_path)
     found = "\n".join(ARCH.violations())
     assert "growc.runtime.a:1 (runtime) imports growc.fx.b (fx): layers import only downward" in found
     assert "growc.fx.b:1 imports the private name growc.runtime.a._hidden" in found
     assert "import cycle: growc.fx.b <-> growc.runtime.a" in found
+    assert "growc.fx.b:4 uses ._epoch (a private member of growc.runtime.a)" in found
+    assert "tests.test_a:2 uses ._epoch (a private member of growc.runtime.a)" in found
 
 
 def test_the_checked_in_diagram_is_the_one_the_source_draws():
