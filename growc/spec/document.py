@@ -189,21 +189,21 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
-def parse_yaml(text: str, file: str) -> Located:
-    """Parse one YAML document into plain data with positions; raises :class:`GrowcSpecError` on any problem."""
-    doc = Located(file, None)
+def _issue(file: str, mark: Any, message: str) -> GrowcSpecError:
+    line, column = _mark(mark)
+    return GrowcSpecError([SpecIssue(file, line, column, "", message)])
 
-    def fail(mark: Any, message: str) -> GrowcSpecError:
-        line, column = _mark(mark)
-        return GrowcSpecError([SpecIssue(file, line, column, "", message)])
 
+def _compose(text: str, file: str) -> yaml.Node:
+    """The document's single YAML node tree; YAML and reader errors become located :class:`GrowcSpecError`."""
     loader = None
     try:
         loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
         problem = f"{error.context} " if error.context else ""
-        raise fail(error.problem_mark or error.context_mark, f"YAML syntax error: {problem}{error.problem}") from None
+        mark = error.problem_mark or error.context_mark
+        raise _issue(file, mark, f"YAML syntax error: {problem}{error.problem}") from None
     except yaml.reader.ReaderError as error:
         before = text[: error.position]
         line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
@@ -221,58 +221,78 @@ def parse_yaml(text: str, file: str) -> Located:
             loader.dispose()
     if root is None:
         raise GrowcSpecError([SpecIssue(file, 1, 1, "", "the document is empty")])
+    return root
 
-    constructor = yaml.constructor.SafeConstructor()
-    count = 0
-    active: set[int] = set()
 
-    def build(node: yaml.Node, path: Path_) -> Any:
-        nonlocal count
-        count += 1
-        if count > MAX_NODES:
-            raise fail(node.start_mark, f"the document has more than {MAX_NODES} values (alias expansion?)")
+class _Construct:
+    """Builds plain data from a node tree, recording every value's and key's position in ``doc``; bounded in
+    values (alias expansion) and depth, refusing recursive aliases, tags, non-string and duplicate keys."""
+
+    def __init__(self, doc: Located) -> None:
+        self.doc = doc
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.count = 0
+        self.active: set[int] = set()
+
+    def fail(self, mark: Any, message: str) -> GrowcSpecError:
+        return _issue(self.doc.file, mark, message)
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise self.fail(node.start_mark, f"the document has more than {MAX_NODES} values (alias expansion?)")
         if len(path) > MAX_DEPTH:
-            raise fail(node.start_mark, f"the document nests deeper than {MAX_DEPTH} levels")
-        if id(node) in active:
-            raise fail(node.start_mark, "a recursive alias (an anchor used inside itself)")
-        doc.values[path] = _mark(node.start_mark)
+            raise self.fail(node.start_mark, f"the document nests deeper than {MAX_DEPTH} levels")
+        if id(node) in self.active:
+            raise self.fail(node.start_mark, "a recursive alias (an anchor used inside itself)")
+        self.doc.values[path] = _mark(node.start_mark)
         if isinstance(node, yaml.ScalarNode):
-            try:
-                return constructor.construct_object(node, deep=True)
-            except yaml.YAMLError as error:
-                raise fail(node.start_mark, f"cannot read this value: {getattr(error, 'problem', error)}") from None
-            except (ValueError, OverflowError) as error:
-                raise fail(node.start_mark, f"cannot read this value: {error}") from None
-        active.add(id(node))
+            return self.scalar(node)
+        self.active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
                 if node.tag != _SEQ_TAG:
-                    raise fail(node.start_mark, f"unsupported tag {node.tag!r} on a list")
-                return [build(item, (*path, i)) for i, item in enumerate(node.value)]
-            if node.tag != _MAP_TAG:
-                raise fail(node.start_mark, f"unsupported tag {node.tag!r} on a mapping")
-            try:
-                constructor.flatten_mapping(node)  # merge keys (<<: *anchor)
-            except yaml.YAMLError as error:
-                raise fail(getattr(error, "problem_mark", node.start_mark), f"bad merge key: {error}") from None
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise fail(key_node.start_mark, "a key must be a string, not a list or mapping")
-                key = build(key_node, (*path, "\0key"))
-                if not isinstance(key, str):
-                    raise fail(key_node.start_mark, f"a key must be a string, got {type(key).__name__} {key!r}")
-                if key in out:
-                    first = doc.keys[(*path, key)]
-                    raise fail(key_node.start_mark, f"duplicate key {key!r} (first at line {first[0]})")
-                doc.keys[(*path, key)] = _mark(key_node.start_mark)
-                out[key] = build(value_node, (*path, key))
-            doc.values.pop((*path, "\0key"), None)
-            return out
+                    raise self.fail(node.start_mark, f"unsupported tag {node.tag!r} on a list")
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return self.mapping(node, path)
         finally:
-            active.discard(id(node))
+            self.active.discard(id(node))
 
-    doc.data = build(root, ())
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as error:
+            raise self.fail(node.start_mark, f"cannot read this value: {getattr(error, 'problem', error)}") from None
+        except (ValueError, OverflowError) as error:
+            raise self.fail(node.start_mark, f"cannot read this value: {error}") from None
+
+    def mapping(self, node: yaml.Node, path: Path_) -> dict[str, Any]:
+        if node.tag != _MAP_TAG:
+            raise self.fail(node.start_mark, f"unsupported tag {node.tag!r} on a mapping")
+        try:
+            self.constructor.flatten_mapping(node)  # merge keys (<<: *anchor)
+        except yaml.YAMLError as error:
+            raise self.fail(getattr(error, "problem_mark", node.start_mark), f"bad merge key: {error}") from None
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(key_node.start_mark, "a key must be a string, not a list or mapping")
+            key = self.build(key_node, (*path, "\0key"))
+            if not isinstance(key, str):
+                raise self.fail(key_node.start_mark, f"a key must be a string, got {type(key).__name__} {key!r}")
+            if key in out:
+                first = self.doc.keys[(*path, key)]
+                raise self.fail(key_node.start_mark, f"duplicate key {key!r} (first at line {first[0]})")
+            self.doc.keys[(*path, key)] = _mark(key_node.start_mark)
+            out[key] = self.build(value_node, (*path, key))
+        self.doc.values.pop((*path, "\0key"), None)
+        return out
+
+
+def parse_yaml(text: str, file: str) -> Located:
+    """Parse one YAML document into plain data with positions; raises :class:`GrowcSpecError` on any problem."""
+    doc = Located(file, None)
+    doc.data = _Construct(doc).build(_compose(text, file), ())
     return doc
 
 
