@@ -41,11 +41,13 @@ _SIZE_FLOOR = 2**30
 
 
 def first_line(error: BaseException) -> str:
+    """``TypeName: first line of the message``: an exception in one line, for error messages."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int when it is an integer >= 1 (``True`` is not), else a ``GrowcConfigError`` naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise GrowcConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
@@ -59,6 +61,7 @@ def check_seed(seed: Any, span: int = 1) -> int:
 
 
 def check_module(where: str, model: Any) -> None:
+    """Refuse a ``model`` that is not an ``nn.Module``, naming the pass."""
     if not isinstance(model, nn.Module):
         raise GrowcConfigError(f"{where} takes an nn.Module, got {type(model).__name__}")
 
@@ -77,6 +80,7 @@ def check_example_inputs(where: str, example_inputs: Any) -> tuple[Any, ...]:
 
 
 def format_bytes(n: float) -> str:
+    """``n`` bytes in decimal units to three significant digits (``1.07 GB``)."""
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if n < 999.5 or unit == "PB":
             return f"{n:.3g} {unit}"
