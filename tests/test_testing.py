@@ -71,53 +71,61 @@ def tied_pairs(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     ]
 
 
+_MODULE_FEATURES: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
+    ((nn.BatchNorm1d, nn.BatchNorm2d), "bn"),
+    ((nn.GroupNorm,), "gn"),
+    ((nn.ReLU, nn.GELU, nn.SiLU, nn.Hardswish), "act"),
+    ((nn.Dropout,), "dropout"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d), "pool"),
+)
+
+
+def _module_feature(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    mod = modules[node.target]
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        return "conv" if mod.groups == 1 else "depthwise" if mod.groups == mod.in_channels else "grouped"
+    for types, feature in _MODULE_FEATURES:
+        if isinstance(mod, types):
+            return feature
+    if isinstance(mod, nn.Flatten):
+        src = node.args[0]
+        is_gap = src.op == "call_module" and isinstance(
+            modules[src.target], (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+        )
+        return "gap_head" if is_gap else "flatten_head"
+    return None
+
+
+def _function_feature(node: torch.fx.Node, called: set) -> str | None:
+    if node.target is operator.add:
+        return "residual"
+    if node.target is torch.cat:
+        return "concat"
+    if node.target is operator.mul and torch.sigmoid in called:
+        return "se"
+    if node.target in (F.conv1d, F.conv2d, F.linear) and node.args[1].op == "get_attr":
+        return "functional"
+    return None
+
+
 def graph_features(gm: torch.fx.GraphModule) -> set[str]:
     """Feature names whose markers occur in a traced graph (a superset of ``spec.features``)."""
     modules = dict(gm.named_modules())
     found: set[str] = set()
-    n_linear = 0
     called = {n.target for n in gm.graph.nodes if n.op == "call_function"}
     if any(isinstance(modules[t], (nn.Conv1d, nn.Conv2d)) for t in reused_targets(gm)):
         found.add("reuse")
     if tied_pairs(gm):
         found.add("tied")
+    n_linear = 0
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            mod = modules[node.target]
-            if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-                if mod.groups == 1:
-                    found.add("conv")
-                elif mod.groups == mod.in_channels:
-                    found.add("depthwise")
-                else:
-                    found.add("grouped")
-            elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                found.add("bn")
-            elif isinstance(mod, nn.GroupNorm):
-                found.add("gn")
-            elif isinstance(mod, (nn.ReLU, nn.GELU, nn.SiLU, nn.Hardswish)):
-                found.add("act")
-            elif isinstance(mod, nn.Dropout):
-                found.add("dropout")
-            elif isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)):
-                found.add("pool")
-            elif isinstance(mod, nn.Linear):
-                n_linear += 1
-            elif isinstance(mod, nn.Flatten):
-                src = node.args[0]
-                is_gap = src.op == "call_module" and isinstance(
-                    modules[src.target], (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-                )
-                found.add("gap_head" if is_gap else "flatten_head")
-        elif node.op == "call_function":
-            if node.target is operator.add:
-                found.add("residual")
-            elif node.target is torch.cat:
-                found.add("concat")
-            elif node.target is operator.mul and torch.sigmoid in called:
-                found.add("se")
-            elif node.target in (F.conv1d, F.conv2d, F.linear) and node.args[1].op == "get_attr":
-                found.add("functional")
+            n_linear += isinstance(modules[node.target], nn.Linear)
+            feature = _module_feature(node, modules)
+        else:
+            feature = _function_feature(node, called) if node.op == "call_function" else None
+        if feature is not None:
+            found.add(feature)
     if n_linear >= 2:
         found.add("mlp_head")
     return found
