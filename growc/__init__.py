@@ -24,16 +24,9 @@ from growc.fx.analysis import TensorInfo, exactness_tolerance, max_abs_rel_error
 from growc.fx.pipeline import Pipeline
 from growc.fx.trace import trace
 from growc.passes import analyze_channels, fuse, materialize, templatize, widen
-from growc.runtime.layers import (
-    MixedConv1d,
-    MixedConv2d,
-    MixedConv3d,
-    MixedLinear,
-    MixedWeight,
-    TemplateBank,
-    param_groups,
-    param_roles,
-)
+from growc.runtime.bank import TemplateBank
+from growc.runtime.groups import param_groups, param_roles
+from growc.runtime.layers import MixedConv1d, MixedConv2d, MixedConv3d, MixedLinear, MixedWeight
 from growc.spec.document import GrowcSpecError
 from growc.spec.growth import GrowthSpec, load_spec, spec_json_schema
 from growc.version import __version__

@@ -74,8 +74,8 @@ from growc.runtime.layers import (
     MixedLinear,
     TemplateBank,
     Term,
-    strip_step_markers,
 )
+from growc.runtime.markers import strip_step_markers
 
 from .templatize import _templatize_options, templatize
 

@@ -70,8 +70,8 @@ from growc.runtime.layers import (
     MixedLinear,
     MixedWeight,
     TemplateBank,
-    strip_step_markers,
 )
+from growc.runtime.markers import strip_step_markers
 
 __all__ = ["EXACT_TOLERANCE", "layer_matches", "templatable_weights", "templatize"]
 

@@ -32,7 +32,9 @@ from growc.errors import GrowcConfigError, GrowcPassError
 from growc.fx.analysis import check_finite_state
 from growc.fx.checks import check_example_inputs, check_growth_size, check_module, check_seed, is_templatized
 from growc.fx.pipeline import finish_pass
-from growc.runtime.layers import GRID_TYPES, MixedWeight, TemplateBank, _Mixed
+from growc.runtime.bank import TemplateBank
+from growc.runtime.layers import GRID_TYPES, MixedWeight
+from growc.runtime.layers import MixedLayer as _Mixed
 
 from .fuse import _Fuser, _svd, _verify, fuse_templated
 from .templatize import _templatize_options, templatize

@@ -73,7 +73,7 @@ def test_templatized_models_propagate_through_banks() -> None:
     assert next(n for n in gm.graph.nodes if n.name == "fc").meta["growc_shape"].shape == (2, 5)
     assert all(not t.is_meta for t in gm.state_dict().values())
     layers = [m for m in gm.modules() if isinstance(m, growc.runtime.layers.GENERATED_TYPES)]
-    assert layers and all(m.__dict__["_growc_slot"][0]._cache is None for m in layers)  # no meta weight kept
+    assert layers and all(m.binding.group.cached_weights is None for m in layers)  # no meta weight kept
 
 
 # --- non-finite values and dtype-aware tolerances ----------------------------------------------------------------

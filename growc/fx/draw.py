@@ -19,7 +19,8 @@ from torch import fx, nn
 
 from growc.errors import GrowcError
 from growc.io import atomic_file, atomic_write_text
-from growc.runtime.layers import GRID_TYPES, MIXED_TYPES, TemplateBank
+from growc.runtime.bank import TemplateBank
+from growc.runtime.layers import GRID_TYPES, MIXED_TYPES
 
 __all__ = ["coefficient_heatmap", "coefficient_rows", "graph_dot", "write_graphic"]
 

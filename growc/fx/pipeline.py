@@ -28,7 +28,7 @@ def finish_pass(gm: fx.GraphModule, name: str, report: dict[str, Any]) -> fx.Gra
 
     A graph that owns template banks gets the step markers
     (:func:`growc.runtime.layers.begin_step`/``end_step``) that let each bank generate its weights once per forward."""
-    from growc.runtime.layers import add_step_markers
+    from growc.runtime.markers import add_step_markers
 
     try:
         gm.graph.lint()

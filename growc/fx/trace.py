@@ -23,7 +23,8 @@ from typing import Any
 from torch import fx, nn
 
 from growc.errors import GrowcTraceError
-from growc.runtime.layers import GENERATED_TYPES, TemplateBank
+from growc.runtime.bank import TemplateBank
+from growc.runtime.layers import GENERATED_TYPES
 
 __all__ = ["GrowcTracer", "attribute_owner", "graph_module", "trace"]
 

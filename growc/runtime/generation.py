@@ -11,15 +11,15 @@ with ``P = A_b[rows]`` (``n x K``) and ``T_b`` seen as ``[out, K, width]`` (a st
 copy). A row read from one bank, the common case (parents' rows and their cross blocks share the row's bank), is
 one ``bmm`` writing straight into the weight: no per-block work, no concatenation, no layout copy.
 
-:class:`_Generate` does this for a whole :class:`_Layout` (several layers over several banks) in one autograd
+:class:`_Generate` does this for a whole :class:`Layout` (several layers over several banks) in one autograd
 node. Its backward reads each weight gradient slab where it lies: ``dT_b`` accumulates ``Pᵀ @ dW`` per slab into
 one ``[out, K, width]`` buffer per bank (handed back as a transposed view, which is the templates' own memory
-format, see ``growc.runtime.layers._out_major``: no copy) and ``dA_b[rows]`` is ``sum_out(dW @ T_bᵀ)``. Everything is
+format, see :func:`growc.runtime.bank.out_major`: no copy) and ``dA_b[rows]`` is ``sum_out(dW @ T_bᵀ)``. Everything is
 computed in at least fp32 with autocast off; the result is returned in the templates' dtype, so an autocast region
 casts the finished weight once. Double backward, forward-mode AD and ``torch.func`` transforms run the same ``bmm``
 as ordinary differentiable ops (:func:`_plain`).
 
-A :class:`_Group` is a connected set of banks and the layers of one graph that read them (see
+A :class:`Group` is a connected set of banks and the layers of one graph that read them (see
 :func:`register`). In a training step (between the graph's ``begin_step``/``end_step`` markers) the first layer
 that needs its weight generates the whole group's weights in one node and the others take theirs from it; in eval
 with gradients off the group caches its weights until a template or coefficient changes; elsewhere (and under
@@ -29,40 +29,42 @@ every path computes bit for bit the same weights.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
+from einops import rearrange
 from networkx.utils import UnionFind
 from torch import Tensor
 from torch.autograd import forward_ad
 
-if TYPE_CHECKING:
-    from growc.runtime.layers import TemplateBank
+from growc.runtime.bank import TemplateBank, Term
+from growc.runtime.precision import compute_dtype, full_precision
+
+__all__ = ["Binding", "Blocks", "Generated", "Group", "Layout", "assemble", "register"]
 
 #: a layer's blocks: ``blocks[r][c]`` lists the block's terms as ``(bank, coefficient row)``
-Blocks = Sequence[Sequence[Sequence[tuple["TemplateBank", int]]]]
+Blocks = Sequence[Sequence[Sequence[Term]]]
 
 
-@contextlib.contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Leave any autocast region of ``device`` (there is none to leave for meta tensors)."""
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
-        with torch.autocast(device.type, enabled=False):
-            yield
-    else:
-        yield
+class Generated(Protocol):
+    """What :func:`register` needs of a generated layer (see :class:`growc.runtime.layers.GeneratedLayer`)."""
+
+    @property
+    def blocks(self) -> Blocks: ...
+
+    @property
+    def banks(self) -> list[TemplateBank]: ...
+
+    @property
+    def scale(self) -> float: ...
+
+    def bind(self, group: Group | None, slot: int = 0) -> None: ...
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype weights are mixed in: at least fp32."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def _layer_key(blocks: Blocks, scale: float, position: dict[int, int]) -> tuple[
     return (rows, float(scale))
 
 
-class _Layout:
+class Layout:
     """What one generation computes: the rows it gathers from each bank and the weights it writes.
 
     ``banks`` are positions in the owner's bank list, ``shapes`` the weight shapes of the owner's banks, ``keys``
@@ -191,10 +193,10 @@ def _operands(gather: _Gather, params: Sequence[Tensor], dtype: torch.dtype) -> 
 
 
 class _Generate(torch.autograd.Function):
-    """All weights of a :class:`_Layout` from ``(coefficients, templates)`` of each of its banks, in one node."""
+    """All weights of a :class:`Layout` from ``(coefficients, templates)`` of each of its banks, in one node."""
 
     @staticmethod
-    def forward(ctx: Any, layout: _Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx: Any, layout: Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, ...]:
         device, result_dtype = params[1].device, params[1].dtype
         dtype = compute_dtype(result_dtype)
         with full_precision(device):
@@ -279,7 +281,15 @@ def _rows_in_order(parts: dict[int, Tensor], total: int, k: int, dtype: torch.dt
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def _plain(layout: _Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, ...]:
+def assemble(grid: Tensor, shape: Sequence[int]) -> Tensor:
+    """A weight of ``shape`` from its block grid ``[R, out, C, width]`` (grid rows, a block's output channels, grid
+    columns, the rest of a block flattened): block ``(r, c)`` lands at rows ``r * out ...`` and input channels
+    ``c * in ...``. A view of a contiguous grid. (The hot path, :class:`_Generate`, writes the grid in this order and
+    takes the same view with ``Tensor.view``, which costs less per call.)"""
+    return rearrange(grid, "r o c w -> (r o) (c w)").view(shape)
+
+
+def _plain(layout: Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, ...]:
     """The same weights with ordinary differentiable ops (the same ``bmm`` per segment, so the same values): the
     path for forward-mode AD, ``torch.func`` transforms and double backward, which :class:`_Generate` lacks."""
     device, result_dtype = params[1].device, params[1].dtype
@@ -295,12 +305,12 @@ def _plain(layout: _Layout, gather: _Gather, *params: Tensor) -> tuple[Tensor, .
                 piece = torch.bmm(p.expand(g.out, n, p.shape[1]), mats[s.bank])
                 columns = torch.arange(s.c0, s.c1, device=device)
                 rows[s.r] = rows[s.r].index_add(1, columns, piece)
-            outputs.append(_as(torch.stack(rows).view(g.shape), result_dtype))
+            outputs.append(_as(assemble(torch.stack(rows), g.shape), result_dtype))
     return tuple(outputs)
 
 
 def _plain_backward(
-    layout: _Layout, gather: _Gather, params: Sequence[Tensor], grads: Sequence[Tensor | None], needs: Sequence[bool]
+    layout: Layout, gather: _Gather, params: Sequence[Tensor], grads: Sequence[Tensor | None], needs: Sequence[bool]
 ) -> list[Tensor | None]:
     with torch.enable_grad():
         outputs = _plain(layout, gather, *params)
@@ -333,7 +343,7 @@ def _cacheable(banks: Sequence[TemplateBank]) -> bool:
     return not any(b.templates.requires_grad or b.coefficients.requires_grad for b in banks)
 
 
-class _Group:
+class Group:
     """Banks and the layers that read them, generated together (see the module docstring)."""
 
     def __init__(self, banks: Sequence[TemplateBank], layers: Sequence[tuple[Blocks, float]]) -> None:
@@ -345,17 +355,17 @@ class _Group:
             key = _layer_key(blocks, scale, position)
             if key not in self.keys:
                 self.keys.append(key)
-        self.layout = _Layout(range(len(self.banks)), self.shapes, self.keys)
+        self.layout = Layout(range(len(self.banks)), self.shapes, self.keys)
         self.solo = [self._solo(key) for key in self.keys]  # each layer alone: only the banks it reads
         self._in_step = False
         self._step: _Saved | None = None  # this step's weights (between the graph's step markers)
         self._cache: _Saved | None = None  # the eval cache
 
-    def _solo(self, key: tuple[Any, ...]) -> _Layout:
+    def _solo(self, key: tuple[Any, ...]) -> Layout:
         if len(self.keys) == 1:
             return self.layout
         used = sorted({b for row in key[0] for terms in row for b, _ in terms})
-        return _Layout(used, self.shapes, [key])
+        return Layout(used, self.shapes, [key])
 
     def slot(self, blocks: Blocks, scale: float) -> int:
         position = {id(b): j for j, b in enumerate(self.banks)}
@@ -364,7 +374,7 @@ class _Group:
     def _state(self) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
         """What the weights depend on: the parameters (by identity), their versions and the banks' cache epochs."""
         tensors = tuple(p for b in self.banks for p in (b.templates, b.coefficients))
-        return tensors, (*(p._version for p in tensors), *(b._epoch for b in self.banks))
+        return tensors, (*(p._version for p in tensors), *(b.epoch for b in self.banks))
 
     @staticmethod
     def _fresh(saved: _Saved | None, state: tuple[tuple[Tensor, ...], tuple[int, ...]], mode: Any) -> bool:
@@ -375,7 +385,7 @@ class _Group:
             and all(a is b for a, b in zip(saved[0], state[0], strict=True))
         )
 
-    def generate(self, layout: _Layout) -> tuple[Tensor, ...]:
+    def generate(self, layout: Layout) -> tuple[Tensor, ...]:
         params = [p for j in layout.banks for p in (self.banks[j].coefficients, self.banks[j].templates)]
         gather = layout.gather(params[1].device)
         if _plain_needed(params):
@@ -399,7 +409,23 @@ class _Group:
             return self._step[3][slot]
         return self.generate(self.solo[slot])[0]
 
+    @property
+    def in_step(self) -> bool:
+        """Between the graph's ``begin_step`` and ``end_step`` markers."""
+        return self._in_step
+
+    @property
+    def step_weights(self) -> tuple[Tensor, ...] | None:
+        """This step's shared weights, one per slot (None until a layer of the group needs its weight)."""
+        return None if self._step is None else self._step[3]
+
+    @property
+    def cached_weights(self) -> tuple[Tensor, ...] | None:
+        """The eval cache, one weight per slot (None when empty)."""
+        return None if self._cache is None else self._cache[3]
+
     def clear(self) -> None:
+        """Drop this step's weights and the eval cache (they are regenerated on next use)."""
         self._step, self._cache = None, None
 
     def begin_step(self) -> None:
@@ -412,10 +438,18 @@ class _Group:
         return {**self.__dict__, "_in_step": False, "_step": None, "_cache": None}
 
 
-def register(layers: Sequence[Any]) -> list[_Group]:
+class Binding(NamedTuple):
+    """Where a layer's weight comes from: slot ``slot`` of ``group``'s generation."""
+
+    group: Group
+    slot: int
+
+
+def register(layers: Sequence[Generated]) -> list[Group]:
     """Group ``layers`` (generated layers of one graph) by the banks they read: connected banks form one group.
 
-    Each layer is told its group and slot; the groups are returned (for the graph's step markers).
+    Each layer is bound to its group and slot (:meth:`~growc.runtime.layers.GeneratedLayer.bind`); the groups are
+    returned (for the graph's step markers).
     """
     sets = UnionFind()
     banks: dict[int, TemplateBank] = {}
@@ -423,14 +457,14 @@ def register(layers: Sequence[Any]) -> list[_Group]:
         ids = [id(bank) for bank in layer.banks]
         banks.update(zip(ids, layer.banks, strict=True))
         sets.union(*ids)
-    members: dict[int, list[Any]] = {}
+    members: dict[int, list[Generated]] = {}
     for layer in layers:
         members.setdefault(sets[id(layer.banks[0])], []).append(layer)
     groups = []
     for root, group_layers in members.items():
         group_banks = [b for key, b in banks.items() if sets[key] == root]
-        group = _Group(group_banks, [(layer.blocks, layer.scale) for layer in group_layers])
+        group = Group(group_banks, [(layer.blocks, layer.scale) for layer in group_layers])
         for layer in group_layers:
-            layer._set_slot(group, group.slot(layer.blocks, layer.scale))
+            layer.bind(group, group.slot(layer.blocks, layer.scale))
         groups.append(group)
     return groups

@@ -68,7 +68,7 @@ from growc.io import (
     sha256_file,
 )
 from growc.models.datasets import Dataset, load_data
-from growc.runtime.layers import param_groups
+from growc.runtime.groups import param_groups
 from growc.spec.growth import GrowthSpec, load_spec
 from growc.spec.recipe import PhaseSpec, RecipeSpec, growth_spec, load_recipe, lr_at
 
