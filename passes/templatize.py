@@ -234,76 +234,91 @@ def _describe(user: fx.Node) -> str:
     return f"node '{user.name}' ({user.op} {target})"
 
 
-def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
-    """Every weight parameter the graph uses as a weight, with its use sites; plus what was skipped and why."""
-    names: dict[int, str] = {}
-    for name, p in gm.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), name)
-    banked = {id(p) for m in gm.modules() if isinstance(m, TemplateBank) for p in m.parameters()}
-    weights: dict[int, _Weight] = {}
-    skipped: dict[str, str] = {}  # target -> reason
-    blocked: dict[int, list[str]] = {}
-    seen_leaves: set[str] = set()
+class _Collector:
+    """What :func:`_collect` gathers while it walks the graph: the weights, their use sites, and what is blocked."""
 
-    def add(p: nn.Parameter, kind: str, groups: int, order: int) -> _Weight:
-        w = weights.get(id(p))
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.names: dict[int, str] = {}
+        for name, p in gm.named_parameters(remove_duplicate=False):
+            self.names.setdefault(id(p), name)
+        self.banked = {id(p) for m in gm.modules() if isinstance(m, TemplateBank) for p in m.parameters()}
+        self.weights: dict[int, _Weight] = {}
+        self.skipped: dict[str, str] = {}  # target -> reason
+        self.blocked: dict[int, list[str]] = {}
+        self.seen_leaves: set[str] = set()
+
+    def add(self, p: nn.Parameter, kind: str, groups: int, order: int) -> _Weight:
+        w = self.weights.get(id(p))
         if w is None:
-            w = weights[id(p)] = _Weight(p, names[id(p)], kind, groups, order)
+            w = self.weights[id(p)] = _Weight(p, self.names[id(p)], kind, groups, order)
         return w
 
-    def block(p: nn.Parameter, where: str, target: str, reason: str | None) -> None:
-        blocked.setdefault(id(p), []).append(where)
+    def block(self, p: nn.Parameter, where: str, target: str, reason: str | None) -> None:
+        self.blocked.setdefault(id(p), []).append(where)
         if reason is not None and p.dim() >= 2:
-            skipped.setdefault(target, reason)
+            self.skipped.setdefault(target, reason)
 
+    def module_node(self, node: fx.Node, order: int) -> None:
+        """A ``call_module``: a plain weighted module's weight, or the weights inside a leaf module."""
+        target = str(node.target)
+        module = self.gm.get_submodule(target)
+        if isinstance(module, GENERATED_TYPES) or target in self.seen_leaves:
+            return
+        self.seen_leaves.add(target)  # a module called several times is one set of sites
+        plain = _plain_kind(module)
+        if plain is None:
+            _collect_leaf(self.gm, target, module, order, self.add, self.block, self.banked)
+            return
+        reason = _skip_reason(module)
+        if reason is None:
+            self.add(module.weight, plain[0], getattr(module, "groups", 1), order).module_sites[target] = None
+        else:
+            for p in module.parameters():
+                self.block(p, f"module '{target}'", f"{target}.weight", reason)
+
+    def attr_node(self, node: fx.Node, order: int) -> None:
+        """A ``get_attr`` of a parameter: a weight when every use consumes it as one."""
+        value = _fetch(self.gm, str(node.target))
+        if not isinstance(value, nn.Parameter) or id(value) in self.banked:
+            return
+        name = self.names[id(value)]
+        uses = [(u, _attr_use(node, u, value.dim())) for u in node.users]
+        accepted = [use for _, use in uses if use is not None]
+        if "bias" in str(node.target).rpartition(".")[2] and accepted and accepted[0][0] in ("param", "matmul"):
+            self.block(value, "its name", name, "a bias (by its name): biases stay per layer, never templated")
+        elif accepted and value.numel() == 0:
+            self.block(value, "its size", name, f"zero-sized weight {tuple(value.shape)}: nothing to template")
+        elif accepted and len(accepted) == len(uses) and value.is_floating_point():
+            kind, groups = accepted[0]
+            self.add(value, kind, groups, order).attr_nodes.append(node)
+        else:
+            rejected = "; ".join(_describe(u) for u, use in uses if use is None) or "nothing"
+            self.block(value, rejected, name, f"used by {rejected}, not as the weight of a weighted op")
+
+    def result(self) -> tuple[list[_Weight], list[dict[str, str]]]:
+        """The weights no other use blocks, in graph order, and what was skipped and why."""
+        result = []
+        for pid, w in self.weights.items():
+            if pid in self.blocked:
+                reason = "also used by an op that is not a weighted op: " + "; ".join(self.blocked[pid])
+                self.skipped[w.name] = reason
+            else:
+                result.append(w)
+                self.skipped.pop(w.name, None)
+        result.sort(key=lambda w: w.order)
+        return result, [{"target": t, "reason": r} for t, r in self.skipped.items()]
+
+
+def _collect(gm: fx.GraphModule) -> tuple[list[_Weight], list[dict[str, str]]]:
+    """Every weight parameter the graph uses as a weight, with its use sites; plus what was skipped and why."""
+    collector = _Collector(gm)
     for order, node in enumerate(gm.graph.nodes):
         if node.op == "call_module":
-            target = str(node.target)
-            module = gm.get_submodule(target)
-            if isinstance(module, GENERATED_TYPES) or target in seen_leaves:
-                continue
-            seen_leaves.add(target)  # a module called several times is one set of sites
-            plain = _plain_kind(module)
-            if plain is not None:
-                reason = _skip_reason(module)
-                if reason is None:
-                    add(module.weight, plain[0], getattr(module, "groups", 1), order).module_sites[target] = None
-                else:
-                    for p in module.parameters():
-                        block(p, f"module '{target}'", f"{target}.weight", reason)
-                continue
-            _collect_leaf(gm, target, module, order, add, block, banked)
+            collector.module_node(node, order)
         elif node.op == "get_attr":
-            value = _fetch(gm, str(node.target))
-            if not isinstance(value, nn.Parameter) or id(value) in banked:
-                continue
-            uses = [(u, _attr_use(node, u, value.dim())) for u in node.users]
-            accepted = [use for _, use in uses if use is not None]
-            if "bias" in str(node.target).rpartition(".")[2] and accepted and accepted[0][0] in ("param", "matmul"):
-                block(
-                    value, "its name", names[id(value)], "a bias (by its name): biases stay per layer, never templated"
-                )
-            elif accepted and value.numel() == 0:
-                block(
-                    value, "its size", names[id(value)], f"zero-sized weight {tuple(value.shape)}: nothing to template"
-                )
-            elif accepted and len(accepted) == len(uses) and value.is_floating_point():
-                kind, groups = accepted[0]
-                add(value, kind, groups, order).attr_nodes.append(node)
-            else:
-                rejected = "; ".join(_describe(u) for u, use in uses if use is None) or "nothing"
-                block(value, rejected, names[id(value)], f"used by {rejected}, not as the weight of a weighted op")
-
-    result = []
-    for pid, w in weights.items():
-        if pid in blocked:
-            reason = "also used by an op that is not a weighted op: " + "; ".join(blocked[pid])
-            skipped[w.name] = reason
-        else:
-            result.append(w)
-            skipped.pop(w.name, None)
-    result.sort(key=lambda w: w.order)
-    return result, [{"target": t, "reason": r} for t, r in skipped.items()]
+            collector.attr_node(node, order)
+    return collector.result()
 
 
 def _collect_leaf(
@@ -557,6 +572,192 @@ def _unique(container: nn.Module, base: str) -> str:
     return key
 
 
+def _check_arguments(
+    model: nn.Module, example_inputs: Sequence[Any], sharing: str, init: str, templates: int, window: int, seed: int
+) -> tuple[int, int, int, tuple[Any, ...]]:
+    """templatize's argument checks; returns ``templates``, ``window``, ``seed`` and ``example_inputs`` checked."""
+    check_module("templatize", model)
+    if sharing not in ("layer", "shape", "shape_window"):
+        raise GrowcConfigError(f"sharing must be 'layer', 'shape' or 'shape_window', got {sharing!r}")
+    if init not in ("exact", "svd", "fresh"):
+        raise GrowcConfigError(f"init must be 'exact', 'svd' or 'fresh', got {init!r}")
+    templates = positive_int("templates", templates)
+    window = positive_int("window", window)
+    seed = check_seed(seed)
+    example_inputs = check_example_inputs("templatize", example_inputs)
+    check_finite_state(model, "templatize")
+    return templates, window, seed, example_inputs
+
+
+def _selected(gm: fx.GraphModule, layers: Sequence[str] | None) -> tuple[list[_Weight], list[dict[str, str]]]:
+    """The weights :func:`templatize` converts (those ``layers`` selects, when given) and the skipped ones."""
+    weights, skipped = _collect(gm)
+    if layers is not None:
+        weights, skipped = _select(weights, skipped, layers)
+    return weights, skipped
+
+
+def _copy_for_rewrite(model: nn.Module, traced: fx.GraphModule, layers: Sequence[str] | None) -> fx.GraphModule:
+    """A GraphModule over a copy of ``model`` and ``traced``'s graph, without step markers.
+
+    Everything is copied except the weights about to be replaced (they are only read, never written): the result
+    shares no mutable state with ``model`` and the copy does not pay for the bulk of the bytes.
+    """
+    replaced, _ = _selected(traced, layers)
+    memo: dict[int, Any] = {id(w.param): w.param for w in replaced}
+    root = copy.deepcopy(model, memo)
+    gm = graph_module(root, copy.deepcopy(traced.graph), traced.__class__.__name__)
+    strip_step_markers(gm.graph)  # finish_pass puts them back where banks are
+    gm.meta = copy.deepcopy(traced.meta)
+    return gm
+
+
+@dataclass
+class _Built:
+    """One bank made for a group of weights: its name, the bank, its report entry and each row's errors."""
+
+    name: str
+    bank: TemplateBank
+    group: list[_Weight]
+    report: dict[str, Any]
+    predicted: list[float]
+    measured: list[float]
+
+
+def _build_bank(
+    banks: nn.ModuleDict, group: list[_Weight], init: str, templates: int, generator: torch.Generator
+) -> _Built:
+    """Initialise the bank of ``group``, register it in ``banks`` and measure how well it reproduces the weights."""
+    first = group[0].param
+    shape = tuple(first.shape)
+    stacked = torch.stack([w.param.detach().reshape(-1).cpu() for w in group])
+    fan_in = _fan_in(group[0].kind, shape)
+    bank_name = _unique(banks, f"bank{len(banks)}")
+    where = f"bank '{bank_name}' (layers {', '.join(repr(w.name) for w in group)})"
+    t, a, info, predicted_layers = _init_bank(stacked, shape, fan_in, init, templates, generator, where)
+    bank = TemplateBank(
+        t.reshape(-1, *shape).to(first.device), a.to(first.device), kind=group[0].kind, groups=group[0].groups
+    )
+    bank.requires_grad_(first.requires_grad)
+    banks[bank_name] = bank
+    with torch.no_grad():
+        diff = bank.weights().reshape(len(group), -1).cpu() - stacked
+    measured_layers, measured_bank = _relative_errors(diff, stacked)
+    if init != "fresh":
+        info["measured_error"] = measured_bank
+    report = {
+        "name": bank_name,
+        "kind": group[0].kind,
+        "weight_shape": list(shape),
+        "groups": group[0].groups,
+        "layers": [w.name for w in group],
+        **info,
+    }
+    return _Built(bank_name, bank, group, report, predicted_layers, measured_layers)
+
+
+def _install_row(
+    gm: fx.GraphModule, w: _Weight, bank: TemplateBank, row: int, by_target: dict[str, list[fx.Node]]
+) -> list[fx.Node]:
+    """Make every use of weight ``w`` read row ``row`` of ``bank``; returns the nodes that now do."""
+    tagged: list[fx.Node] = []
+    for target in w.module_sites:
+        _set(gm, target, _mixed_like(gm.get_submodule(target), bank, row))
+        tagged += by_target[target]
+    made: dict[int, nn.Module] = {}  # one mixed module per source module, set at each of its paths
+    for leaf_target, inner in w.inner_sites:
+        leaf = gm.get_submodule(leaf_target)
+        source = leaf.get_submodule(inner)
+        mixed = made.get(id(source)) or made.setdefault(id(source), _mixed_like(source, bank, row))
+        _set(leaf, inner, mixed)
+        tagged += by_target[leaf_target]
+    for leaf_target, pname in w.leaf_sites:
+        owner_path, _, attr = pname.rpartition(".")
+        owner = gm.get_submodule(leaf_target).get_submodule(owner_path)
+        _parametrize(owner, attr, MixedWeight(bank, row, f"{leaf_target}.{pname}"))
+        tagged += by_target[leaf_target]
+    mixed_weights = gm.get_submodule("growc_weights")
+    for node in w.attr_nodes:
+        key = _unique(mixed_weights, str(node.target).replace(".", "_"))
+        mixed_weights[key] = MixedWeight(bank, row, str(node.target))
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(f"growc_weights.{key}")
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        tagged.append(new)
+    return tagged
+
+
+def _install(gm: fx.GraphModule, built: _Built, by_target: dict[str, list[fx.Node]]) -> list[dict[str, Any]]:
+    """Swap every weight of ``built``'s group for its row of the bank; returns the layers' report entries."""
+    layer_reports = []
+    for row, w in enumerate(built.group):
+        meta = {"pass": "templatize", "bank": built.name, "row": row, "weight": w.name}
+        for node in _install_row(gm, w, built.bank, row, by_target):
+            node.meta.setdefault("growc", {}).setdefault("templatize", []).append(meta)
+        layer_reports.append(
+            {
+                **meta,
+                "kind": w.kind,
+                "shape": list(built.report["weight_shape"]),
+                "predicted_error": built.predicted[row],
+                "relative_error": built.measured[row],
+            }
+        )
+    return layer_reports
+
+
+def _install_banks(
+    gm: fx.GraphModule, groups: list[list[_Weight]], init: str, templates: int, generator: torch.Generator
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Build each group's bank (in order: the random draws follow it) and install it; returns the bank and layer
+    report entries. ``growc_banks`` and ``growc_weights`` are registered up front (``graph.call_module`` checks that
+    its target exists) and removed again when they stay empty."""
+    for container in ("growc_banks", "growc_weights"):
+        if not hasattr(gm, container):
+            gm.add_module(container, nn.ModuleDict())
+    banks = gm.get_submodule("growc_banks")
+    by_target: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            by_target.setdefault(str(node.target), []).append(node)
+    bank_reports: list[dict[str, Any]] = []
+    layer_reports: list[dict[str, Any]] = []
+    for group in groups:
+        built = _build_bank(banks, group, init, templates, generator)
+        bank_reports.append(built.report)
+        layer_reports += _install(gm, built, by_target)
+    for container in ("growc_banks", "growc_weights"):
+        if not len(gm.get_submodule(container)):
+            delattr(gm, container)
+    return bank_reports, layer_reports
+
+
+def _notes(bank_reports: list[dict[str, Any]], init: str) -> list[str]:
+    notes = [f"{b['name']}: {b['note']}" for b in bank_reports if "note" in b]
+    if init == "svd" and any(b["predicted_error"] > 1e-3 for b in bank_reports):
+        notes.append(
+            "a rank-K fit of layers that were never trained to share templates loses accuracy: fine-tune the "
+            "templatized model before use"
+        )
+    return notes
+
+
+def _checked_output(
+    model: nn.Module, gm: fx.GraphModule, example_inputs: Sequence[Any], train: bool, init: str
+) -> dict[str, Any]:
+    """The output difference (see :func:`_verify`); with ``init="exact"`` one above the tolerance raises."""
+    output = _verify(model, gm, example_inputs, train, init)
+    if init == "exact" and not output["max_rel"] <= output["tolerance"]:
+        raise GrowcPassError(
+            f"templatize(init='exact') changed the model's function: max rel error {output['max_rel']:.3e} > "
+            f"{output['tolerance']:.3g}{' (' + output['error'] + ')' if 'error' in output else ''}. Please "
+            "report this model; pass leaf_modules=[...] for the submodule involved to work around it."
+        )
+    return output
+
+
 def templatize(
     model: nn.Module,
     example_inputs: Sequence[Any],
@@ -606,129 +807,22 @@ def templatize(
             meta device), another buffer holding NaN, or banks beyond growc's size bound (:data:`SIZE_FACTOR`).
         GrowcConfigError: an option of the wrong type or range, or a model that fails on its example inputs.
     """
-    check_module("templatize", model)
-    if sharing not in ("layer", "shape", "shape_window"):
-        raise GrowcConfigError(f"sharing must be 'layer', 'shape' or 'shape_window', got {sharing!r}")
-    if init not in ("exact", "svd", "fresh"):
-        raise GrowcConfigError(f"init must be 'exact', 'svd' or 'fresh', got {init!r}")
-    templates = positive_int("templates", templates)
-    window = positive_int("window", window)
-    seed = check_seed(seed)
-    example_inputs = check_example_inputs("templatize", example_inputs)
-    check_finite_state(model, "templatize")
-
+    templates, window, seed, example_inputs = _check_arguments(
+        model, example_inputs, sharing, init, templates, window, seed
+    )
     traced = (
         model
         if isinstance(model, fx.GraphModule)
         else trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, concrete_args=concrete_args)
     )
-    # Copy everything except the weights about to be replaced (they are only read, never written): the result
-    # shares no mutable state with ``model`` and the copy does not pay for the bulk of the bytes.
-    replaced, _ = _collect(traced)
-    if layers is not None:
-        replaced, _ = _select(replaced, [], layers)
-    memo: dict[int, Any] = {id(w.param): w.param for w in replaced}
-    root = copy.deepcopy(model, memo)
-    gm = graph_module(root, copy.deepcopy(traced.graph), traced.__class__.__name__)
-    strip_step_markers(gm.graph)  # finish_pass puts them back where banks are
-    gm.meta = copy.deepcopy(traced.meta)
+    gm = _copy_for_rewrite(model, traced, layers)
     shapes = propagate_shapes(gm, example_inputs)
-    weights, skipped = _collect(gm)
-    if layers is not None:
-        weights, skipped = _select(weights, skipped, layers)
+    weights, skipped = _selected(gm, layers)
     groups = _group(weights, sharing, window)
     _check_bank_sizes(groups, templates, init)
     generator = torch.Generator().manual_seed(seed)
-
-    # registered up front: graph.call_module checks that its target exists
-    for container in ("growc_banks", "growc_weights"):
-        if not hasattr(gm, container):
-            gm.add_module(container, nn.ModuleDict())
-    banks = gm.get_submodule("growc_banks")
-    mixed_weights = gm.get_submodule("growc_weights")
-    by_target: dict[str, list[fx.Node]] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            by_target.setdefault(str(node.target), []).append(node)
-    bank_reports: list[dict[str, Any]] = []
-    layer_reports: list[dict[str, Any]] = []
-    for group in groups:
-        first = group[0].param
-        shape = tuple(first.shape)
-        stacked = torch.stack([w.param.detach().reshape(-1).cpu() for w in group])
-        fan_in = _fan_in(group[0].kind, shape)
-        bank_name = _unique(banks, f"bank{len(banks)}")
-        where = f"bank '{bank_name}' (layers {', '.join(repr(w.name) for w in group)})"
-        t, a, info, predicted_layers = _init_bank(stacked, shape, fan_in, init, templates, generator, where)
-        bank = TemplateBank(
-            t.reshape(-1, *shape).to(first.device), a.to(first.device), kind=group[0].kind, groups=group[0].groups
-        )
-        bank.requires_grad_(first.requires_grad)
-        banks[bank_name] = bank
-        with torch.no_grad():
-            diff = bank.weights().reshape(len(group), -1).cpu() - stacked
-        measured_layers, measured_bank = _relative_errors(diff, stacked)
-        if init != "fresh":
-            info["measured_error"] = measured_bank
-        bank_reports.append(
-            {
-                "name": bank_name,
-                "kind": group[0].kind,
-                "weight_shape": list(shape),
-                "groups": group[0].groups,
-                "layers": [w.name for w in group],
-                **info,
-            }
-        )
-        for row, w in enumerate(group):
-            meta = {"pass": "templatize", "bank": bank_name, "row": row, "weight": w.name}
-            tagged: list[fx.Node] = []
-            for target in w.module_sites:
-                _set(gm, target, _mixed_like(gm.get_submodule(target), bank, row))
-                tagged += by_target[target]
-            made: dict[int, nn.Module] = {}  # one mixed module per source module, set at each of its paths
-            for leaf_target, inner in w.inner_sites:
-                leaf = gm.get_submodule(leaf_target)
-                source = leaf.get_submodule(inner)
-                mixed = made.get(id(source)) or made.setdefault(id(source), _mixed_like(source, bank, row))
-                _set(leaf, inner, mixed)
-                tagged += by_target[leaf_target]
-            for leaf_target, pname in w.leaf_sites:
-                owner_path, _, attr = pname.rpartition(".")
-                owner = gm.get_submodule(leaf_target).get_submodule(owner_path)
-                _parametrize(owner, attr, MixedWeight(bank, row, f"{leaf_target}.{pname}"))
-                tagged += by_target[leaf_target]
-            for node in w.attr_nodes:
-                key = _unique(mixed_weights, str(node.target).replace(".", "_"))
-                mixed_weights[key] = MixedWeight(bank, row, str(node.target))
-                with gm.graph.inserting_before(node):
-                    new = gm.graph.call_module(f"growc_weights.{key}")
-                new.meta.update(node.meta)
-                node.replace_all_uses_with(new)
-                gm.graph.erase_node(node)
-                tagged.append(new)
-            for node in tagged:
-                node.meta.setdefault("growc", {}).setdefault("templatize", []).append(meta)
-            layer_reports.append(
-                {
-                    **meta,
-                    "kind": w.kind,
-                    "shape": list(shape),
-                    "predicted_error": predicted_layers[row],
-                    "relative_error": measured_layers[row],
-                }
-            )
-
-    for container in ("growc_banks", "growc_weights"):
-        if not len(gm.get_submodule(container)):
-            delattr(gm, container)
+    bank_reports, layer_reports = _install_banks(gm, groups, init, templates, generator)
     _drop_replaced(gm, {id(w.param) for w in weights})
-    notes = [f"{b['name']}: {b['note']}" for b in bank_reports if "note" in b]
-    if init == "svd" and any(b["predicted_error"] > 1e-3 for b in bank_reports):
-        notes.append(
-            "a rank-K fit of layers that were never trained to share templates loses accuracy: fine-tune the "
-            "templatized model before use"
-        )
     report: dict[str, Any] = {
         "sharing": sharing,
         "templates": templates,
@@ -741,15 +835,9 @@ def templatize(
         "params": {"before": _count(model), "after": _count(gm)},
         "shapes": shapes,
         "trace": gm.meta.get("growc", {}).get("trace", {}),
-        "notes": notes,
+        "notes": _notes(bank_reports, init),
     }
     finish_pass(gm, "templatize", report)
     if verify:
-        report["output"] = output = _verify(model, gm, example_inputs, traced.training, init)
-        if init == "exact" and not output["max_rel"] <= output["tolerance"]:
-            raise GrowcPassError(
-                f"templatize(init='exact') changed the model's function: max rel error {output['max_rel']:.3e} > "
-                f"{output['tolerance']:.3g}{' (' + output['error'] + ')' if 'error' in output else ''}. Please "
-                "report this model; pass leaf_modules=[...] for the submodule involved to work around it."
-            )
+        report["output"] = _checked_output(model, gm, example_inputs, traced.training, init)
     return gm

@@ -540,7 +540,8 @@ class TiedPair(nn.Module):
         return self.b(self.act(self.a(x)))
 
 
-def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str) -> nn.Module:
+def _make_layer_block(block: BlockSpec, dim: int, c: int, device: torch.device | str) -> nn.Module | None:
+    """A conv, norm, activation or dropout layer, or None for another kind."""
     kind = block.kind
     if kind == "conv":
         return _conv_cls(dim)(
@@ -562,6 +563,12 @@ def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], devic
         return _make_act(str(block["fn"]))
     if kind == "dropout":
         return nn.Dropout(float(block["p"]))
+    return None
+
+
+def _make_composite_block(block: BlockSpec, dim: int, c: int, device: torch.device | str) -> nn.Module | None:
+    """A residual, concat or squeeze-excite block, or None for another kind."""
+    kind = block.kind
     if kind == "residual":
         return ResidualBlock(
             dim,
@@ -590,6 +597,12 @@ def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], devic
         )
     if kind == "se":
         return SqueezeExcite(dim, c, int(block["hidden"]), device)
+    return None
+
+
+def _make_other_block(block: BlockSpec, dim: int, c: int, device: torch.device | str) -> nn.Module | None:
+    """A pooling, functional, reused or tied block, or None for another kind."""
+    kind = block.kind
     if kind == "pool":
         k, s, p = int(block["k"]), int(block["stride"]), int(block["pad"])
         if block["op"] == "max":
@@ -605,6 +618,15 @@ def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], devic
         return ReusedConv(dim, c, int(block["k"]), bool(block["bias"]), str(block["act"]), device)
     if kind == "tied":
         return TiedPair(dim, c, str(block["op"]), int(block.get("k", 1)), str(block["act"]), device)
+    return None
+
+
+def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str) -> nn.Module:
+    for make in (_make_layer_block, _make_composite_block, _make_other_block):
+        module = make(block, dim, c, device)
+        if module is not None:
+            return module
+    kind = block.kind
     raise ValueError(f"unknown block kind {kind!r}")
 
 
@@ -821,7 +843,8 @@ def _draw_conv_geometry(draw: st.DrawFn, s: _State) -> dict[str, ParamValue]:
     return {"k": k, "stride": stride, "pad": pad, "dil": dil}
 
 
-def _draw_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec:
+def _draw_conv_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec | None:
+    """A conv block (plain, grouped or depthwise), or None for another feature."""
     mc = s.max_channels
     if feature == "conv":
         out = draw(st.integers(1, mc))
@@ -836,6 +859,11 @@ def _draw_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec:
         mult = draw(st.sampled_from([m for m in (1, 2) if s.c * m <= mc]))
         geo = _draw_conv_geometry(draw, s)
         return BlockSpec.of("conv", out=s.c * mult, **geo, groups=s.c, bias=draw(st.booleans()))
+    return None
+
+
+def _draw_layer_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec | None:
+    """A norm, activation or dropout block, or None for another feature."""
     if feature == "bn":
         return BlockSpec.of("bn")
     if feature == "gn":
@@ -844,6 +872,12 @@ def _draw_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec:
         return BlockSpec.of("act", fn=draw(st.sampled_from(ACTIVATIONS)))
     if feature == "dropout":
         return BlockSpec.of("dropout", p=draw(st.sampled_from((0.1, 0.05, 0.2))))
+    return None
+
+
+def _draw_composite_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec | None:
+    """A residual, concat or squeeze-excite block, or None for another feature."""
+    mc = s.max_channels
     if feature == "residual":
         out = draw(st.integers(1, mc))
         stride = draw(st.sampled_from((1, 2)))
@@ -871,6 +905,12 @@ def _draw_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec:
         return BlockSpec.of("inception", c1=c1, c2=c2, stride=stride, act=draw(st.sampled_from(s.acts())))
     if feature == "se":
         return BlockSpec.of("se", hidden=draw(st.integers(1, max(1, s.c // 2))))
+    return None
+
+
+def _draw_other_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec | None:
+    """A pooling, functional, reused or tied block, or None for another feature."""
+    mc = s.max_channels
     if feature == "pool":
         geometries = [(3, 1, 1), (3, 2, 1)]
         if min(s.size) >= 2:
@@ -893,6 +933,14 @@ def _draw_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec:
             k = draw(st.sampled_from((1, 3)))
             return BlockSpec.of("tied", op="conv", k=k, act=draw(st.sampled_from(s.acts())))
         return BlockSpec.of("tied", op="linear", act=draw(st.sampled_from(s.acts())))
+    return None
+
+
+def _draw_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec:
+    for drawer in (_draw_conv_block, _draw_layer_block, _draw_composite_block, _draw_other_block):
+        block = drawer(draw, feature, s)  # draws nothing unless the feature is its own
+        if block is not None:
+            return block
     raise ValueError(f"unknown feature {feature!r}")  # pragma: no cover
 
 
