@@ -52,12 +52,16 @@ import torch._dynamo  # noqa: F401
 import torch.utils.flop_counter  # noqa: F401
 import tqdm  # noqa: F401
 
-import growc.cli, growc.compile.build, growc.io, growc.passes, growc.train.loop  # noqa: E401
+import growc.cli, growc.compile.build, growc.io, growc.passes  # noqa: E401
+import growc.train.checkpoint, growc.train.loop, growc.train.runfolder  # noqa: E401
 
 TARGETS = [
     (os, "replace", "replace"), (os, "rename", "rename"), (os, "fsync", "fsync"), (shutil, "rmtree", "rmtree"),
     (pathlib.Path, "write_text", "write_text"), (growc.io, "save_file", "save_file"),
-    (growc.io, "rename_no_replace", "rename_no_replace"), (growc.train.loop, "save_tensors", "save_tensors"),
+    (growc.io, "rename_no_replace", "rename_no_replace"),
+    # every save_tensors of a run: a checkpoint's (checkpoint), a finished phase's weights (runfolder)
+    (growc.train.checkpoint, "save_tensors", "save_tensors"), (growc.train.runfolder, "save_tensors", "save_tensors"),
+    (growc.train.runfolder, "rename_no_replace", "rename_no_replace"),  # the run.json claim
     (growc.train.loop, "grow", "grow"), (growc.compile.build, "compile_spec", "compile_spec"),
     (growc.compile.build, "save_state_dict", "save_state_dict"),
 ]
