@@ -22,6 +22,7 @@ from growc.errors import (
 )
 from growc.fx.analysis import TensorInfo, exactness_tolerance, max_abs_rel_error, propagate_shapes
 from growc.fx.pipeline import Pipeline
+from growc.fx.registry import op_rules, register_op
 from growc.fx.trace import trace
 from growc.passes import analyze_channels, fuse, materialize, templatize, widen
 from growc.runtime.bank import TemplateBank
@@ -61,9 +62,11 @@ __all__ = [
     "load_spec",
     "materialize",
     "max_abs_rel_error",
+    "op_rules",
     "param_groups",
     "param_roles",
     "propagate_shapes",
+    "register_op",
     "spec_json_schema",
     "templatize",
     "trace",

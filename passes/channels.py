@@ -20,7 +20,6 @@ blocked with the op's name, as are groups that reach a graph output, the inputs,
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,21 +29,7 @@ import torch
 from torch import fx, nn
 
 from growc.fx.analysis import TensorInfo, propagate_shapes
-from growc.runtime.layers import GRID_TYPES, MIXED_TYPES
-
-from .fuse import (
-    _BINARY_FUNCTIONS,
-    _BINARY_METHODS,
-    _POOL_FUNCTIONS,
-    _POOL_MODULES,
-    _REDUCE,
-    _REDUCE_METHODS,
-    _UNARY_FUNCTIONS,
-    _UNARY_METHODS,
-    _UNARY_MODULES,
-    _has_state,
-    _moved_axis,
-)
+from growc.fx.registry import has_state, op_label, rule_for, tensor_info
 
 __all__ = ["ChannelAnalysis", "ChannelGroup", "analyze_channels"]
 
@@ -148,7 +133,9 @@ class ChannelAnalysis:
 
 
 class _Builder:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    """The analysis under construction; the :class:`growc.fx.registry.ChannelContext` op rules talk to."""
+
+    def __init__(self, gm: fx.GraphModule, shared: set[str]) -> None:
         self.gm = gm
         self.graph = nx.Graph()
         self.axis: dict[str, int | None] = {}
@@ -156,6 +143,9 @@ class _Builder:
         self.producers: dict[Dim, list[str]] = {}
         self.consumers: dict[Dim, list[str]] = {}
         self.contains: list[tuple[Dim, Dim, int, int, str]] = []  # (container, part, offset, block, op)
+        self.shared = shared
+        self.weighted_nodes: set[str] = set()
+        self.stems: list[str] = []
         # tied tensors are one dimension whatever the name they are reached by
         first: dict[int, str] = {}
         self.canonical: dict[str, str] = {}
@@ -188,34 +178,50 @@ class _Builder:
         self.graph.add_node(dim)
         return dim
 
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.gm.get_submodule(str(node.target))
 
-def _info(node: Any) -> TensorInfo | None:
-    info = node.meta.get("growc_shape") if isinstance(node, fx.Node) else None
-    return info if isinstance(info, TensorInfo) else None
+    def axis_of(self, node: fx.Node) -> int | None:
+        return self.axis.get(node.name)
+
+    def contain(self, container: Dim | None, part: Dim | None, offset: int, block: int, op: str) -> None:
+        self.contains.append((container, part, offset, block, op))
+
+    def produced(self, dim: Dim | None, op: str) -> None:
+        self.producers.setdefault(dim, []).append(op)
+
+    def consumed(self, dim: Dim | None, op: str) -> None:
+        self.consumers.setdefault(dim, []).append(op)
+
+    def weighted(self, node: fx.Node, inputs: Sequence[fx.Node]) -> None:
+        self.weighted_nodes.add(node.name)
+        if inputs and inputs[0].name in self.shared:
+            self.stems.append(node.name)
+
+    def opaque(self, node: fx.Node, inputs: Sequence[fx.Node], name: str | None = None) -> None:
+        if name is None:
+            name = op_label(node)
+            if node.op == "call_module":
+                name = f"{type(self.module(node)).__name__} ({name})"
+        for arg in inputs:
+            self.block(self.dim(arg), f"read by {name}, which has no channel rule")
+        info = tensor_info(node)
+        out = self.new(node, 1 if info is not None and len(info.shape) >= 2 else None)
+        self.block(out, f"written by {name}, which has no channel rule")
 
 
-def _weighted(module: nn.Module) -> tuple[str, int] | None:
-    """``("conv", groups)`` or ``("linear", 1)`` for modules whose weight is ``[out, in, ...]``."""
-    if isinstance(module, (nn.Linear, MIXED_TYPES[3], GRID_TYPES[3])):
-        return ("linear", 1)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, *MIXED_TYPES[:3], *GRID_TYPES[:3])):
-        return ("conv", module.groups)
-    return None
+_info = tensor_info
 
 
 def analyze_channels(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> ChannelAnalysis:
     """Analyse the channels of ``gm`` (see the module docstring); annotates node shapes, changes nothing else."""
     propagate_shapes(gm, example_inputs)
-    b = _Builder(gm)
     shared: set[str] = set()
-    weighted_nodes: set[str] = set()
-    stems: list[str] = []
+    b = _Builder(gm, shared)
     for node in gm.graph.nodes:
         info = _info(node)
         inputs = [a for a in node.all_input_nodes if _info(a) is not None]
-        uses_weights = node.op == "get_attr" or (
-            node.op == "call_module" and _has_state(gm.get_submodule(str(node.target)))
-        )
+        uses_weights = node.op == "get_attr" or (node.op == "call_module" and has_state(b.module(node)))
         if node.op == "placeholder" or (not uses_weights and all(a.name in shared for a in inputs)):
             shared.add(node.name)
         if node.op == "placeholder":
@@ -224,197 +230,12 @@ def analyze_channels(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Chann
         elif node.op == "output":
             for arg in node.all_input_nodes:
                 b.block(b.dim(arg), "graph output")
-        elif info is None:
+        elif info is None or node.op == "get_attr" or (node.op != "call_module" and not inputs):
             b.new(node, None)
-        elif node.op == "call_module":
-            module = gm.get_submodule(str(node.target))
-            if _weighted(module) is not None:
-                weighted_nodes.add(node.name)
-                if inputs and inputs[0].name in shared:
-                    stems.append(node.name)
-            _module_rule(b, node, module, inputs, info)
-        elif node.op in ("call_function", "call_method"):
-            _function_rule(b, node, inputs, info)
-        else:
-            b.new(node, None)
-    heads = _heads(gm, weighted_nodes)
-    return _groups(b, gm, shared, stems, heads)
-
-
-def _module_rule(b: _Builder, node: fx.Node, module: nn.Module, inputs: list[fx.Node], info: TensorInfo) -> None:
-    target = str(node.target)
-    rank = len(info.shape)
-    x = inputs[0] if inputs else None
-    x_dim = b.dim(x) if x is not None else None
-    weighted = _weighted(module)
-    if weighted is not None and x is not None:
-        kind, groups = weighted
-        out = b.new(node, rank - 1 if kind == "linear" else 1)
-        weight = f"{target}.weight"
-        b.couple(out, b.param(weight, 0), target)
-        if getattr(module, "bias", None) is not None:
-            b.couple(out, b.param(f"{target}.bias", 0), target)
-        b.producers.setdefault(out, []).append(target)
-        in_axis = len(_info(x).shape) - 1 if kind == "linear" else 1
-        if b.axis.get(x.name) != in_axis:
-            b.block(x_dim, f"read by {target} on another axis")
-            return
-        if groups == 1:
-            b.couple(x_dim, b.param(weight, 1), target)
-            b.consumers.setdefault(x_dim, []).append(target)
-        elif groups == module.in_channels == module.out_channels:  # depthwise: channel c in -> channel c out
-            b.couple(x_dim, out, target)
-        else:
-            b.block(x_dim, f"grouped conv {target}")
-            b.block(out, f"grouped conv {target}")
-        return
-    same_shape = x is not None and _info(x).shape == info.shape
-    if isinstance(module, _UNARY_MODULES) and same_shape:
-        b.couple(x_dim, b.new(node, b.axis.get(x.name)), target)
-    elif isinstance(
-        module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
-    ) and (x is None or b.axis.get(x.name) == 1):
-        out = b.new(node, 1)
-        b.couple(x_dim, out, target)
-        for name, _ in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
-            if name != "num_batches_tracked":
-                b.couple(out, b.param(f"{target}.{name}", 0), target)
-        if isinstance(module, nn.GroupNorm) and module.num_groups not in (1, module.num_channels):
-            b.block(out, f"GroupNorm {target} normalizes channels in groups")
-    elif (
-        isinstance(module, nn.LayerNorm)
-        and x is not None
-        and b.axis.get(x.name) == rank - 1
-        and len(module.normalized_shape) == 1
-    ):
-        out = b.new(node, rank - 1)
-        b.couple(x_dim, out, target)
-        for name, _ in module.named_parameters(recurse=False):
-            b.couple(out, b.param(f"{target}.{name}", 0), target)
-    elif isinstance(module, _POOL_MODULES) and x is not None and b.axis.get(x.name) == 1 and rank >= 3:
-        b.couple(x_dim, b.new(node, 1), target)
-    elif isinstance(module, nn.Flatten) and x is not None:
-        _flatten(b, node, x, module.start_dim, module.end_dim, target)
-    else:
-        _unknown(b, node, inputs, f"{type(module).__name__} ({target})")
-
-
-def _function_rule(b: _Builder, node: fx.Node, inputs: list[fx.Node], info: TensorInfo) -> None:
-    target = node.target
-    method = node.op == "call_method"
-    name = target if method else getattr(target, "__name__", str(target))
-    rank = len(info.shape)
-    x = inputs[0] if inputs else None
-    if x is None:
-        b.new(node, None)
-        return
-    if ((method and target in _UNARY_METHODS) or (not method and target in _UNARY_FUNCTIONS)) and len(inputs) == 1:
-        b.couple(b.dim(x), b.new(node, b.axis.get(x.name)), name)
-    elif (method and target in _BINARY_METHODS) or (not method and target in _BINARY_FUNCTIONS):
-        _binary(b, node, inputs, rank, name)
-    elif not method and target in _POOL_FUNCTIONS and b.axis.get(x.name) == 1 and rank >= 3:
-        b.couple(b.dim(x), b.new(node, 1), name)
-    elif (method and target == "flatten") or (not method and target is torch.flatten):
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        _flatten(b, node, x, start, end, name)
-    elif not method and target in (torch.cat, torch.concat):
-        _cat(b, node, inputs, rank, name)
-    elif (
-        len(inputs) == 1
-        and b.axis.get(x.name) is not None
-        and (moved := _moved_axis(node, target, method, b.axis[x.name], rank)) is not None
-    ):
-        b.couple(b.dim(x), b.new(node, moved), name)
-    elif (method and target in _REDUCE_METHODS) or (not method and target in _REDUCE):
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        axis = b.axis.get(x.name)
-        dims = [dims] if isinstance(dims, int) else dims
-        if axis is not None and isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims):
-            in_rank = len(_info(x).shape)
-            dims = [d % in_rank for d in dims]
-            if axis not in dims:
-                new_axis = axis if keepdim else axis - sum(d < axis for d in dims)
-                b.couple(b.dim(x), b.new(node, new_axis), name)
-                return
-        _unknown(b, node, inputs, name)
-    elif target is operator.getitem and node.args[0] in inputs:
-        _unknown(b, node, inputs, "getitem")
-    else:
-        _unknown(b, node, inputs, name)
-
-
-def _binary(b: _Builder, node: fx.Node, inputs: list[fx.Node], rank: int, name: str) -> None:
-    info = _info(node)
-    axis = None
-    for arg in inputs:  # the output's channel axis: that of an operand spanning it
-        a = b.axis.get(arg.name)
-        if a is not None:
-            aligned = a + rank - len(_info(arg).shape)
-            if _info(arg).shape[a] == info.shape[aligned]:
-                axis = aligned
-                break
-    out = b.new(node, axis)
-    if axis is None:
-        return
-    for arg in inputs:
-        aligned = axis - (rank - len(_info(arg).shape))
-        if aligned < 0 or _info(arg).shape[aligned] == 1:
-            continue  # broadcast over the channels: not coupled
-        if b.axis.get(arg.name) == aligned:
-            b.couple(b.dim(arg), out, name)
-        else:
-            b.block(out, f"{name} mixes a tensor whose channels are on another axis")
-
-
-def _flatten(b: _Builder, node: fx.Node, x: fx.Node, start: Any, end: Any, name: str) -> None:
-    axis = b.axis.get(x.name)
-    shape = _info(x).shape
-    if axis is None or not isinstance(start, int) or not isinstance(end, int):
-        _unknown(b, node, [x], name)
-        return
-    start, end = start % len(shape), end % len(shape)
-    if axis < start or axis > end:
-        b.couple(b.dim(x), b.new(node, axis if axis < start else axis - (end - start)), name)
-    elif axis == start:
-        block = 1
-        for s in shape[axis + 1 : end + 1]:
-            block *= s
-        out = b.new(node, start)
-        if block == 1:
-            b.couple(b.dim(x), out, name)
-        else:
-            b.contains.append((out, b.dim(x), 0, block, name))
-    else:
-        _unknown(b, node, [x], name)
-
-
-def _cat(b: _Builder, node: fx.Node, inputs: list[fx.Node], rank: int, name: str) -> None:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    dim = dim % rank
-    axes = {b.axis.get(a.name) for a in inputs}
-    if len(axes) != 1 or None in axes:
-        _unknown(b, node, inputs, name)
-        return
-    (axis,) = axes
-    out = b.new(node, axis)
-    if dim != axis:
-        for arg in inputs:
-            b.couple(b.dim(arg), out, name)
-        return
-    offset = 0
-    for arg in inputs:
-        b.contains.append((out, b.dim(arg), offset, 1, name))
-        offset += _info(arg).shape[axis]
-
-
-def _unknown(b: _Builder, node: fx.Node, inputs: list[fx.Node], name: str) -> None:
-    for arg in inputs:
-        b.block(b.dim(arg), f"read by {name}, which has no channel rule")
-    info = _info(node)
-    out = b.new(node, 1 if info is not None and len(info.shape) >= 2 else None)
-    b.block(out, f"written by {name}, which has no channel rule")
+        else:  # the op's rule from the registry says how its axes map
+            rule_for(node, b.module(node) if node.op == "call_module" else None).channels(node, b, inputs)
+    heads = _heads(gm, b.weighted_nodes)
+    return _groups(b, gm, shared, b.stems, heads)
 
 
 def _heads(gm: fx.GraphModule, weighted: set[str]) -> list[str]:

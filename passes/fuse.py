@@ -33,18 +33,14 @@ import math
 import operator
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.node import map_aggregate
-from torch.nn.utils import parametrize
 
 from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcPassError
 from growc.fx.analysis import (
-    TensorInfo,
     computation_dtype,
     exactness_tolerance,
     max_abs_rel_error,
@@ -60,9 +56,9 @@ from growc.fx.checks import (
     is_templatized,
 )
 from growc.fx.pipeline import finish_pass
+from growc.fx.registry import FuseValue, ValueKind, has_state, has_tensor, rule_for, tensor_info
 from growc.fx.trace import attribute_owner, graph_module
 from growc.runtime.layers import (
-    GENERATED_TYPES,
     GRID_TYPES,
     GridConv1d,
     GridConv2d,
@@ -102,59 +98,9 @@ def _as_grid(layer: nn.Module) -> list[list[list[Term]]]:
     return [[[(layer.bank, layer.index)]]]
 
 
-_UNARY_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU,
-    nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-)  # fmt: skip
-_POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)  # fmt: skip
-_PER_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-_UNARY_FUNCTIONS = {
-    torch.relu, F.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.hardswish,
-    F.hardsigmoid, F.leaky_relu, F.elu, F.mish, F.softplus, F.dropout, operator.neg, torch.neg, torch.abs,
-    torch.exp, torch.sqrt, torch.square,
-}  # fmt: skip
-_UNARY_METHODS = {"relu", "sigmoid", "tanh", "neg", "abs", "exp", "sqrt", "square", "contiguous", "clone"}
-_BINARY_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
-    operator.iadd, operator.imul,
-}  # fmt: skip
-_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
-_POOL_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.avg_pool1d, torch.adaptive_avg_pool1d,
-}  # fmt: skip
-_REDUCE = {torch.mean: "mean", torch.sum: "sum"}
-_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
-
-
-@dataclass
-class _Value:
-    """A value of the fused graph: ``S`` shared by all parents, ``F`` fused along ``axis``, ``P`` one per parent."""
-
-    kind: str
-    node: Any = None
-    axis: int = -1
-    parts: list[Any] = field(default_factory=list)
-    summed: bool = False  # an S value that is already the parents' sum (a side-by-side head's output)
-
-
-def _tensor_info(node: fx.Node) -> TensorInfo | None:
-    info = node.meta.get("growc_shape")
-    return info if isinstance(info, TensorInfo) else None
-
-
-def _has_tensor(info: Any) -> bool:
-    if isinstance(info, TensorInfo):
-        return True
-    if isinstance(info, (list, tuple)):
-        return any(_has_tensor(i) for i in info)
-    if isinstance(info, dict):
-        return any(_has_tensor(i) for i in info.values())
-    return False
+_Value = FuseValue  # a value of the fused graph: shared, fused along ``axis``, or per parent (ValueKind)
+_tensor_info = tensor_info
+_has_tensor = has_tensor
 
 
 class _Fuser:
@@ -298,52 +244,27 @@ class _Fuser:
         return _Value("S", self.graph.output(map_aggregate(node.args[0], merge)))
 
     def op_call_module(self, node: fx.Node) -> _Value:
-        module = self.parents[0].get_submodule(str(node.target))
-        if isinstance(module, (*_GRID_OF, MixedLinear, *GRID_TYPES)):
-            if len(node.args) != 1 or node.kwargs:  # called with a keyword: the exact fallback
-                return self.fallback(node)
-            return self.lift_weighted(node, module)
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        if not _has_state(module) and all(self.env[a].kind == "S" for a in node.all_input_nodes):
+        """A module call: shared when the module is stateless and reads shared values only; else lifted by
+        its registered rule (:mod:`growc.fx.registry`), or the exact fallback."""
+        module = self.module(node)
+        if not has_state(module) and all(self.env[a].kind == ValueKind.SHARED for a in node.all_input_nodes):
             target = self.add_fused_module(str(node.target), copy.deepcopy(module))
             args_, kwargs_ = self.map_args(node, lambda v: v.node)
-            return _Value("S", self.graph.call_module(target, args_, kwargs_))
-        first = self.env[args[0]] if args else None
-        only_first_is_tensor = len(args) == 1 and not node.kwargs
-        if first is not None and first.kind != "S" and only_first_is_tensor:
-            info = _tensor_info(args[0])
-            rank = len(info.shape) if info else 0
-            if isinstance(module, _UNARY_MODULES) and first.kind == "F":
-                return self.direct_module(node, module, first.node, first.axis)
-            if isinstance(module, _POOL_MODULES) and rank >= 3 and not getattr(module, "return_indices", False):
-                return self.direct_module(node, module, self.fused(first, 1), 1)
-            if isinstance(module, nn.Flatten) and first.kind == "F":
-                axis = self.flatten_axis(first.axis, module.start_dim, module.end_dim, rank)
-                if axis is not None:
-                    return self.direct_module(node, module, first.node, axis)
-            batched = rank >= 3 if isinstance(module, nn.modules.instancenorm._InstanceNorm) else rank >= 2
-            if isinstance(module, (*_PER_CHANNEL_NORMS, nn.GroupNorm)) and batched:
-                lifted = self.lift_norm(node, module)
-                if lifted is not None:
-                    target = self.add_fused_module(str(node.target), lifted)
-                    new = self.graph.call_module(target, (self.fused(first, 1),))
-                    self.lifts.append(
-                        {"node": node.name, "target": str(node.target), "lift": f"{type(module).__name__} concatenated"}
-                    )
-                    return _Value("F", new, 1)
-        return self.fallback(node)
+            return _Value(ValueKind.SHARED, self.graph.call_module(target, args_, kwargs_))
+        lifted = rule_for(node, module).lift(node, self)
+        return lifted if lifted is not None else self.fallback(node)
 
     def op_call_function(self, node: fx.Node) -> _Value:
-        return self.lift_function(node, node.target, method=False)
+        return self.lift_function(node)
 
     def op_call_method(self, node: fx.Node) -> _Value:
-        return self.lift_function(node, node.target, method=True)
+        return self.lift_function(node)
 
     # ---- direct lifts --------------------------------------------------------------------------------------
 
     def direct_module(self, node: fx.Node, module: nn.Module, arg: fx.Node, axis: int) -> _Value:
         target = self.add_fused_module(str(node.target), copy.deepcopy(module))
-        return _Value("F", self.graph.call_module(target, (arg,)), axis)
+        return _Value(ValueKind.FUSED, self.graph.call_module(target, (arg,)), axis)
 
     def map_args(self, node: fx.Node, convert: Callable[[_Value], Any]) -> tuple[Any, Any]:
         def one(arg: Any) -> Any:
@@ -354,206 +275,30 @@ class _Fuser:
     def emit_like(self, node: fx.Node, args: Any, kwargs: Any) -> fx.Node:
         return self.graph.create_node(node.op, node.target, args, kwargs)
 
-    def lift_function(self, node: fx.Node, target: Any, *, method: bool) -> _Value:
-        tensor_args = [a for a in node.all_input_nodes if _has_tensor(a.meta.get("growc_shape"))]
-        values = [self.env[a] for a in tensor_args]
-        if all(v.kind == "S" for v in values) and not any(self.env[a].kind != "S" for a in node.all_input_nodes):
+    def lift_function(self, node: fx.Node) -> _Value:
+        """A function or method call: shared when it reads shared values only; else lifted by its registered
+        rule (:mod:`growc.fx.registry`), or the exact fallback."""
+        if all(self.env[a].kind == ValueKind.SHARED for a in node.all_input_nodes):
             args, kwargs = self.map_args(node, lambda v: v.node)
-            return _Value("S", self.emit_like(node, args, kwargs))
-        info = _tensor_info(node)
-        fused_values = [v for v in values if v.kind == "F"]
-        reshape = (method and target in ("view", "reshape")) or (not method and target is torch.reshape)
-        if reshape and info is not None and len(values) == 1 and fused_values:  # sizes may be shared nodes
-            lifted = self.lift_reshape(node, values[0], _tensor_info(tensor_args[0]), info)
-            if lifted is not None:
-                return lifted
-        if info is not None and fused_values and len(node.all_input_nodes) == len(tensor_args):
-            axis = fused_values[0].axis
-            rank = len(info.shape)
-            unary = (
-                (target in _UNARY_METHODS) if method else (target in _UNARY_FUNCTIONS or _is_stochastic_depth(target))
-            )
-            binary = (target in _BINARY_METHODS) if method else (target in _BINARY_FUNCTIONS)
-            if unary and len(values) == 1:
-                args, kwargs = self.map_args(node, lambda v: v.node)
-                return _Value("F", self.emit_like(node, args, kwargs), axis)
-            if binary and len(values) in (1, 2):
-                first_fused = next(a for a in tensor_args if self.env[a].kind == "F")
-                out_axis = self.env[first_fused].axis + rank - len(_tensor_info(first_fused).shape)
-                if all(self.broadcast_ok(a, out_axis, rank) for a in tensor_args):
-                    return self.lift_binary(node, out_axis, rank)
-            if not method and target in _POOL_FUNCTIONS and len(values) == 1 and rank >= 3:
-                args, kwargs = self.map_args(node, lambda v: self.fused(v, 1))
-                return _Value("F", self.emit_like(node, args, kwargs), 1)
-            if (method and target == "flatten") or (not method and target is torch.flatten):
-                lifted = self.lift_flatten(node, values[0], rank_in=len(_tensor_info(tensor_args[0]).shape))
-                if lifted is not None:
-                    return lifted
-            moved = _moved_axis(node, target, method, axis, rank)
-            if moved is not None and len(values) == 1:
-                args, kwargs = self.map_args(node, lambda v: v.node)
-                return _Value("F", self.emit_like(node, args, kwargs), moved)
-            if (not method and target in (torch.cat, torch.concat)) and len(node.args) >= 1:
-                return self.lift_cat(node, axis)
-            if (method and target in _REDUCE_METHODS) or (not method and target in _REDUCE):
-                lifted = self.lift_reduce(node, values[0], len(_tensor_info(tensor_args[0]).shape))
-                if lifted is not None:
-                    return lifted
-        return self.fallback(node)
+            return _Value(ValueKind.SHARED, self.emit_like(node, args, kwargs))
+        lifted = rule_for(node).lift(node, self)
+        return lifted if lifted is not None else self.fallback(node)
 
-    def broadcast_ok(self, arg: fx.Node, axis: int, rank: int) -> bool:
-        """A per-parent operand that broadcasts over the parent axis (size 1, or no such axis) cannot be
-        concatenated along it: such ops take the exact fallback."""
-        info = _tensor_info(arg)
-        if info is None or self.env[arg].kind == "S":
-            return True
-        aligned = axis - (rank - len(info.shape))
-        return aligned >= 0 and info.shape[aligned] != 1
+    # ---- the registry's FuseContext ------------------------------------------------------------------------
 
-    def lift_binary(self, node: fx.Node, axis: int, rank: int) -> _Value:
-        """Elementwise with broadcasting: every operand fused along the output's ``axis`` (aligned from the
-        right), except a shared operand that broadcasts over that axis (a ``[B, 1, H, W]`` mask, a scalar)."""
+    def value(self, arg: fx.Node) -> _Value:
+        return self.env[arg]
 
-        def convert(value: _Value, arg: fx.Node) -> fx.Node:
-            info = _tensor_info(arg)
-            if info is None:  # a Python number
-                return value.node
-            aligned = axis - (rank - len(info.shape))
-            if value.kind == "S" and (aligned < 0 or info.shape[aligned] == 1):
-                return value.node
-            return self.fused(value, aligned)
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.parents[0].get_submodule(str(node.target))
 
-        def one(arg: Any) -> Any:
-            return convert(self.env[arg], arg) if isinstance(arg, fx.Node) else arg
+    def parent_modules(self, node: fx.Node) -> list[nn.Module]:
+        return [p.get_submodule(str(node.target)) for p in self.parents]
 
-        args = map_aggregate(node.args, one)
-        kwargs = map_aggregate(node.kwargs, one)
-        return _Value("F", self.emit_like(node, args, kwargs), axis)
-
-    @staticmethod
-    def flatten_axis(axis: int, start: int, end: int, rank: int) -> int | None:
-        start, end = start % rank, end % rank
-        if axis < start:
-            return axis
-        if axis == start:
-            return start
-        if axis > end:
-            return axis - (end - start)
-        return None  # the parent axis is inside the flattened range but not outermost
-
-    def lift_flatten(self, node: fx.Node, value: _Value, rank_in: int) -> _Value | None:
-        if value.kind != "F":
-            return None
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        if not isinstance(start, int) or not isinstance(end, int):
-            return None
-        axis = self.flatten_axis(value.axis, start, end, rank_in)
-        if axis is None:
-            return None
-        args, kwargs = self.map_args(node, lambda v: v.node)
-        return _Value("F", self.emit_like(node, args, kwargs), axis)
-
-    def lift_reshape(self, node: fx.Node, value: _Value, info_in: TensorInfo, info_out: TensorInfo) -> _Value | None:
-        """``view``/``reshape`` keeps the parents contiguous when the dims before the parent axis keep their
-        product: the fused target shape is the parents' with that axis' size times n (or ``-1`` left to infer)."""
-        if value.kind != "F":
-            return None
-        shape_in, shape_out = info_in.shape, info_out.shape
-        before = math.prod(shape_in[: value.axis])
-        # the batch axis must stay as it is: an example batch of 1 makes axis 0 look free to merge, but at other
-        # batch sizes a reshape that moves the parent axis next to the batch interleaves parents and samples
-        candidates = [
-            a
-            for a in range(1, len(shape_out))
-            if math.prod(shape_out[:a]) == before and shape_out[a] > 1 and shape_out[0] == shape_in[0]
-        ]
-        shape_args = list(node.args[1:]) if node.op == "call_method" else list(node.args[1])
-        if len(shape_args) == 1 and isinstance(shape_args[0], (list, tuple)):
-            shape_args = list(shape_args[0])
-        if not candidates or len(shape_args) != len(shape_out) or node.kwargs:
-            return None
-        axis = candidates[0]
-        if value.axis == 0 or math.prod(shape_out[axis:]) != math.prod(shape_in[value.axis :]):
-            return None
-        if any(isinstance(e, int) and e == -1 for e in shape_args[:axis]):
-            return None
-        entries = []
-        for i, entry in enumerate(shape_args):
-            entry = self.env[entry].node if isinstance(entry, fx.Node) else entry
-            if isinstance(entry, fx.Node) and self.env_kind(shape_args[i]) != "S":
-                return None
-            if i == axis and entry != -1:
-                entry = (
-                    entry * self.n
-                    if isinstance(entry, int)
-                    else self.graph.call_function(operator.mul, (entry, self.n))
-                )
-            entries.append(entry)
-        new = self.graph.call_function(torch.reshape, (value.node, tuple(entries)))
-        return _Value("F", new, axis)
-
-    def env_kind(self, arg: Any) -> str:
-        return self.env[arg].kind if isinstance(arg, fx.Node) else "S"
-
-    def lift_reduce(self, node: fx.Node, value: _Value, rank_in: int) -> _Value | None:
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        if value.kind != "F" or dims is None or not isinstance(keepdim, bool):
-            return None
-        dims = [dims] if isinstance(dims, int) else list(dims)
-        if not all(isinstance(d, int) for d in dims):
-            return None
-        dims = [d % rank_in for d in dims]
-        if value.axis in dims:
-            return None
-        axis = value.axis if keepdim else value.axis - sum(d < value.axis for d in dims)
-        args, kwargs = self.map_args(node, lambda v: v.node)
-        return _Value("F", self.emit_like(node, args, kwargs), axis)
-
-    def lift_cat(self, node: fx.Node, axis: int) -> _Value:
-        inputs = node.args[0]
-        info = _tensor_info(node)
-        rank = len(info.shape)
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        dim = dim % rank
-        values = [self.env[a] for a in inputs]
-        if dim != axis:
-            merged = self.graph.call_function(torch.cat, ([self.fused(v, axis) for v in values],), {"dim": dim})
-            return _Value("F", merged, axis)
-        ordered = [part for i in range(self.n) for part in (self.parts(v)[i] for v in values)]
-        return _Value("F", self.graph.call_function(torch.cat, (ordered,), {"dim": axis}), axis)
-
-    # ---- normalization -------------------------------------------------------------------------------------
-
-    def lift_norm(self, node: fx.Node, module: nn.Module) -> nn.Module | None:
-        modules = [p.get_submodule(str(node.target)) for p in self.parents]
-        config = [(m.eps, getattr(m, "momentum", None), getattr(m, "affine", None)) for m in modules]
-        if any(c != config[0] for c in config):
-            return None
-        if isinstance(module, nn.GroupNorm):
-            lifted = nn.GroupNorm(module.num_groups * self.n, module.num_channels * self.n, module.eps, module.affine)
-        else:
-            lifted = copy.deepcopy(module)
-            lifted.num_features = module.num_features * self.n
-        with torch.no_grad():
-            for name, tensor in list(module.named_parameters(recurse=False)) + list(
-                module.named_buffers(recurse=False)
-            ):
-                if tensor is None:
-                    continue
-                stack = [getattr(m, name) for m in modules]
-                if name == "num_batches_tracked":
-                    value = max(stack, key=lambda t: int(t))
-                    lifted.register_buffer(name, value.detach().clone())
-                    continue
-                joined = torch.cat([t.detach() for t in stack])
-                if isinstance(tensor, nn.Parameter):
-                    setattr(lifted, name, nn.Parameter(joined, requires_grad=tensor.requires_grad))
-                else:
-                    lifted.register_buffer(name, joined)
-        lifted.train(module.training)
-        return lifted
+    def install(self, node: fx.Node, module: nn.Module, lift: str) -> str:
+        target = self.add_fused_module(str(node.target), module)
+        self.lifts.append({"node": node.name, "target": str(node.target), "lift": lift})
+        return target
 
     # ---- weighted ops --------------------------------------------------------------------------------------
 
@@ -736,8 +481,8 @@ class _Fuser:
 
     def per_parent_result(self, node: fx.Node, outputs: list[fx.Node]) -> _Value:
         if not _has_tensor(node.meta.get("growc_shape")):
-            return _Value("S", outputs[0])  # parents share shapes, so a non-tensor result is the same for all
-        return _Value("P", parts=outputs)
+            return _Value(ValueKind.SHARED, outputs[0])  # parents share shapes: a non-tensor result is the same
+        return _Value(ValueKind.PER_PARENT, parts=outputs)
 
 
 def _svd(where: str, coefficients: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -751,33 +496,6 @@ def _svd(where: str, coefficients: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         ) from error
 
 
-def _moved_axis(node: fx.Node, target: Any, method: bool, axis: int, rank: int) -> int | None:
-    """Where ``axis`` goes under a ``permute``/``transpose``/``swapaxes`` node (None for other ops)."""
-    name = target if method else getattr(target, "__name__", "")
-    if name == "permute" and (method or target is torch.permute):
-        if node.kwargs or len(node.args) < 2:
-            return None
-        dims = node.args[1:] if method else node.args[1]
-        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-            dims = dims[0]
-        if len(dims) == rank and all(isinstance(d, int) for d in dims):
-            return [d % rank for d in dims].index(axis)
-    if name in ("transpose", "swapaxes") and (method or target in (torch.transpose, torch.swapaxes)):
-        pair = node.args[1:3]
-        if len(pair) == 2 and all(isinstance(d, int) for d in pair):
-            a, b = (d % rank for d in pair)
-            return b if axis == a else a if axis == b else axis
-    return None
-
-
-def _has_state(module: nn.Module) -> bool:
-    """Whether ``module``'s output depends on per-parent state: parameters, buffers, or growc's generated weights
-    (a mixed layer references its bank without owning it, so ``parameters()`` does not see it)."""
-    return any(True for _ in (*module.parameters(), *module.buffers())) or any(
-        isinstance(m, GENERATED_TYPES) or parametrize.is_parametrized(m) for m in module.modules()
-    )
-
-
 def _is_inplace(node: fx.Node) -> bool:
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     return (
@@ -785,10 +503,6 @@ def _is_inplace(node: fx.Node) -> bool:
         or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
         or node.kwargs.get("inplace") is True
     )
-
-
-def _is_stochastic_depth(target: Any) -> bool:
-    return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
 
 
 def _signature(gm: fx.GraphModule) -> list[tuple[str, str]]:

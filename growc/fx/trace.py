@@ -23,6 +23,7 @@ from typing import Any
 from torch import fx, nn
 
 from growc.errors import GrowcTraceError
+from growc.fx.registry import is_registered_leaf, wrapped_functions
 from growc.runtime.bank import TemplateBank
 from growc.runtime.layers import GENERATED_TYPES
 
@@ -54,14 +55,16 @@ class GrowcTracer(fx.Tracer):
         autowrap_modules: Iterable[ModuleType] = (math,),
         fallback_leaves: Iterable[str] = (),
     ) -> None:
-        super().__init__(autowrap_modules=tuple(autowrap_modules), autowrap_functions=tuple(autowrap_functions))
+        # functions registered with growc.register_op are autowrapped too: each call becomes one graph node
+        wrapped = (*autowrap_functions, *wrapped_functions())
+        super().__init__(autowrap_modules=tuple(autowrap_modules), autowrap_functions=wrapped)
         leaves = list(leaf_modules)
         self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
         self.leaf_paths = {t for t in leaves if isinstance(t, str)} | set(fallback_leaves)
         self.failed_module: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (*GENERATED_TYPES, TemplateBank)):
+        if isinstance(m, (*GENERATED_TYPES, TemplateBank)) or is_registered_leaf(m):  # growc.register_op types
             return True
         if module_qualified_name in self.leaf_paths:
             return True
@@ -93,6 +96,8 @@ def trace(
         model: any ``nn.Module``. A ``GraphModule`` is re-traced, with growc's mixed layers kept as leaves.
         leaf_modules: module types or dotted module paths not to trace into.
         autowrap_functions: free functions to record as opaque ``call_function`` nodes.
+            Module types registered with :func:`growc.register_op` are leaves and registered functions are
+            autowrapped, without being listed here.
         concrete_args: forwarded to ``fx.Tracer.trace`` (specialise arguments such as flags).
 
     Returns:
