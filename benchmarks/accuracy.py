@@ -36,11 +36,11 @@ from torch import nn
 
 import growc
 from growc.io import atomic_write_text, write_json
-from growc.models.datasets import load_data
 from growc.models import resolve_model
+from growc.models.datasets import load_data
 from growc.spec.data import DataSpec
 from growc.spec.recipe import PhaseSpec
-from growc.train.loop import fit
+from growc.train import fit
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ["small", "large", "mixturegrowth", "mixturegrowth-zero", "random", "net2net", "ensemble"]
