@@ -23,13 +23,14 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from growc.compile.build import ARTIFACT_FILES, DTYPES
 from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcIOError
 from growc.models.zoo import BUILTIN_NAMES, default_input_shape, is_safe_reference, resolve_model
+from growc.passes.config import Init, Sharing, TemplatizeConfig
 
 __all__ = ["format_templatize_report", "main"]
 
@@ -119,30 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(t)
     t.add_argument(
         "--sharing",
-        choices=["layer", "shape", "shape_window"],
-        default="layer",
+        choices=list(get_args(Sharing)),
+        default=TemplatizeConfig.sharing,
         help="which weights share a bank: each its own (layer), all of one kind/shape/groups (shape), or "
-        "consecutive ones of a shape in windows of --window (shape_window). Default: layer",
+        f"consecutive ones of a shape in windows of --window (shape_window). Default: {TemplatizeConfig.sharing}",
     )
     t.add_argument(
         "--templates",
         type=_bounded(1, MAX_TEMPLATES),
-        default=2,
+        default=TemplatizeConfig.templates,
         metavar="K",
-        help="templates per bank, 1 to 1024 (default 2)",
+        help=f"templates per bank, 1 to {MAX_TEMPLATES} (default {TemplatizeConfig.templates})",
     )
     t.add_argument(
         "--init",
-        choices=["exact", "svd", "fresh"],
-        default="exact",
+        choices=list(get_args(Init)),
+        default=TemplatizeConfig.init,
         help="exact: function-preserving identity basis (K raised when needed); svd: rank-K fit with "
-        "predicted/measured error; fresh: Kaiming templates + orthogonal coefficients. Default: exact",
+        "predicted/measured error; fresh: Kaiming templates + orthogonal coefficients. "
+        f"Default: {TemplatizeConfig.init}",
     )
     t.add_argument(
         "--window",
         type=_bounded(1, MAX_TEMPLATES),
-        default=2,
-        help="bank size for --sharing shape_window, 1 to 1024 (default 2)",
+        default=TemplatizeConfig.window,
+        help=f"bank size for --sharing shape_window, 1 to {MAX_TEMPLATES} (default {TemplatizeConfig.window})",
     )
     t.add_argument(
         "--out", type=_path, default=None, metavar="DIR", help="write model.safetensors, report.json and code.py here"
@@ -524,15 +526,15 @@ def _train(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     from growc.io import atomic_write_text
     from growc.spec.growth import spec_json_schema_text
+    from growc.spec.recipe import recipe_json_schema_text
 
+    text = recipe_json_schema_text() if args.recipe else spec_json_schema_text()
     if args.out:
         _output_file(args.out, overwrite=args.overwrite)
-        atomic_write_text(
-            args.out, spec_json_schema_text("recipe" if args.recipe else "spec"), overwrite=args.overwrite
-        )
+        atomic_write_text(args.out, text, overwrite=args.overwrite)
         print(f"wrote {args.out}")
     else:
-        sys.stdout.write(spec_json_schema_text("recipe" if args.recipe else "spec"))
+        sys.stdout.write(text)
     return 0
 
 

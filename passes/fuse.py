@@ -29,11 +29,11 @@ parents are templatized first (``templatize_options``, default: ``layer`` sharin
 from __future__ import annotations
 
 import copy
-import math
 import operator
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -58,6 +58,8 @@ from growc.fx.checks import (
 from growc.fx.pipeline import finish_pass
 from growc.fx.registry import FuseValue, ValueKind, has_state, has_tensor, rule_for, tensor_info
 from growc.fx.trace import attribute_owner, graph_module
+from growc.runtime.grid_layout import CrossBlock, Layout, head_layout, interior_layout, stem_layout
+from growc.runtime.init import orthogonal_row
 from growc.runtime.layers import (
     GRID_TYPES,
     GridConv1d,
@@ -73,11 +75,10 @@ from growc.runtime.layers import (
 )
 from growc.runtime.markers import strip_step_markers
 
-from .templatize import _templatize_options, templatize
+from .config import CrossInit, CrossTemplates, FuseConfig, FusionConfig, Head, TemplatizeConfig
+from .templatize import templatize
 
-__all__ = ["fuse", "fuse_templated"]
-
-CrossInit = Literal["orthogonal", "zero", "random", "copy"]
+__all__ = ["CrossInit", "FusionResult", "fuse", "fuse_templated", "verify_fusion"]
 
 _GRID_OF: dict[type[nn.Module], type[nn.Module]] = {
     MixedConv1d: GridConv1d,
@@ -104,23 +105,13 @@ _has_tensor = has_tensor
 
 
 class _Fuser:
-    def __init__(
-        self,
-        parents: list[fx.GraphModule],
-        *,
-        cross_init: str,
-        cross_scale: float,
-        cross_templates: str,
-        head: str,
-        generator: torch.Generator,
-    ) -> None:
+    def __init__(self, parents: list[fx.GraphModule], config: FusionConfig) -> None:
+        """A fuser of ``parents`` (templatized, of one architecture; their banks become the result's) under
+        ``config``, which alone decides every new block's init, the heads and the scales."""
         self.parents = parents
         self.n = len(parents)
-        self.cross_init = cross_init
-        self.cross_scale = cross_scale
-        self.cross_templates = cross_templates
-        self.head = head
-        self.generator = generator
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.root = nn.Module()
         self.graph = fx.Graph()
         self.env: dict[fx.Node, _Value] = {}
@@ -130,9 +121,6 @@ class _Fuser:
         self.per_parent = nn.ModuleDict({f"p{i}": nn.Module() for i in range(self.n)})
         self.bank_names: dict[int, str] = {}
         self.weighted: dict[tuple[str, str], str] = {}  # (parent target, lift) -> installed fused module
-        self.cross_by_block: dict[tuple[int, int], str] = {}  # per (row parent, column parent) cross init
-        self.interior_scale = 1.0  # net2net widening divides the replicated inputs' weights by n
-        self.copy_noise = 0.01
         self.biases: dict[str, nn.Parameter] = {}
         for i, parent in enumerate(parents):
             for name, bank in getattr(parent, "growc_banks", nn.ModuleDict()).items():
@@ -228,16 +216,17 @@ class _Fuser:
             if not _has_tensor(arg.meta.get("growc_shape")):
                 return self.parts(value)[0]
             if value.kind == "S":
-                if value.summed or self.head != "sum":  # a head is already the sum; a mean of equals is the value
+                # a head is already the sum; a mean of equals is the value
+                if value.summed or self.config.head != "sum":
                     return value.node
                 return self.graph.call_function(operator.mul, (value.node, self.n))  # n equal parents' outputs
             parts = self.parts(value)
             total = parts[0]
-            if self.head == "first":
+            if self.config.head == "first":
                 return total
             for part in parts[1:]:
                 total = self.graph.call_function(operator.add, (total, part))
-            if self.head == "mean":
+            if self.config.head == "mean":
                 total = self.graph.call_function(operator.truediv, (total, self.n))
             return total
 
@@ -309,14 +298,13 @@ class _Fuser:
         if init == "zero":
             row = torch.zeros(k, dtype=torch.float64)
         elif init == "random":
-            row = (torch.rand(k, generator=self.generator, dtype=torch.float64) * 2 - 1) * self.cross_scale
+            row = (torch.rand(k, generator=self.generator, dtype=torch.float64) * 2 - 1) * self.config.cross_scale
         elif init == "copy":
-            noise = torch.randn(k, generator=self.generator, dtype=torch.float64) * self.copy_noise
-            row = existing[copy_row] * self.cross_scale + noise
+            noise = torch.randn(k, generator=self.generator, dtype=torch.float64) * self.config.copy_noise
+            row = existing[copy_row] * self.config.cross_scale + noise
         else:  # orthogonal: the last right-singular vector of every row the bank already has
-            _, s, vh = _svd("fuse(cross_init='orthogonal')", existing)
-            rank = int((s > s.max() * 1e-10).sum()) if s.numel() else 0
-            row = vh[-1] * self.cross_scale
+            orthogonal, rank = orthogonal_row("fuse(cross_init='orthogonal')", existing)
+            row = orthogonal * self.config.cross_scale
             info["orthogonal"] = rank < k
             if rank >= k:
                 info["note"] = (
@@ -330,73 +318,72 @@ class _Fuser:
     def lift_weighted(self, node: fx.Node, module: nn.Module) -> _Value:
         """A template-mixed layer (or an already grown grid, for multi-step growth) becomes a grid of grids."""
         target = str(node.target)
-        layers = [p.get_submodule(target) for p in self.parents]
         (arg,) = node.args
         value = self.env[arg]
         linear = isinstance(module, (MixedLinear, GridLinear))
         axis = (len(_tensor_info(arg).shape) - 1) if linear else 1
         groups = 1 if linear else module.groups
-        n = self.n
-        grids = [_as_grid(layer) for layer in layers]
         users = list(node.users)
         is_head = value.kind != "S" and len(users) == 1 and users[0].op == "output" and groups == 1
         kind = "stem" if value.kind == "S" else "head" if is_head else "grouped" if groups != 1 else "grid"
         if kind == "stem" and groups != 1:
             return self.fallback(node)
         out_axis = (len(_tensor_info(node).shape) - 1) if linear else 1
-        if (target, kind) in self.weighted:  # a module called again with the same lift: the same fused module
-            new = self.graph.call_module(self.weighted[(target, kind)], (self.weighted_input(value, kind, axis),))
-            return _Value("S", new, summed=True) if kind == "head" else _Value("F", new, out_axis)
+        first = (target, kind) not in self.weighted  # else a module called again with the same lift: the same one
+        if first:
+            self.install_grid(node, module, kind, linear)
+        new = self.graph.call_module(self.weighted[(target, kind)], (self.weighted_input(value, kind, axis),))
+        if first:
+            new.meta["growc"] = {"fuse": {"lift": kind}}
+        return _Value("S", new, summed=True) if kind == "head" else _Value("F", new, out_axis)
+
+    def install_grid(self, node: fx.Node, module: nn.Module, kind: str, linear: bool) -> None:
+        """Build the grid layer lifting ``node``'s weighted layer as a ``kind`` (stem, head, grouped or interior
+        grid) from the parents' layers, install it, and report its blocks."""
+        target = str(node.target)
+        layers = [p.get_submodule(target) for p in self.parents]
+        grids = [_as_grid(layer) for layer in layers]
+        n = self.n
         report: dict[str, Any] = {"node": node.name, "target": target, "lift": kind}
-        parent_scale = getattr(module, "scale", 1.0)
-        bias_params = [layer.bias for layer in layers]
-        in_size, out_size, new_groups, scale = n, n, groups, parent_scale
+        biases = [layer.bias for layer in layers]
+        groups = 1 if linear else module.groups
+        scale = getattr(module, "scale", 1.0)
+        in_size, out_size, new_groups = n, n, groups
         if kind in ("stem", "grouped"):  # parents stacked along outputs, no cross blocks
-            blocks = [row for grid in grids for row in grid]
-            bias = self.joined_bias(target, bias_params)
+            blocks = self.realize(stem_layout(grids), [])
+            bias = self.joined_bias(target, biases)
             in_size = 1 if kind == "stem" else n
             new_groups = groups * (n if kind == "grouped" else 1)
         elif kind == "head":  # parents side by side along inputs
-            cross: list[dict[str, Any]] = []
-            row: list[list[Term]] = list(grids[0][0])
-            for j in range(1, n):
-                if self.head == "first":  # only parent 0 reads out: the others' columns are new zero rows
-                    row += [
-                        self.cross_block(grids[j][0][c], j, 0, "zero", cross, [0, j]) for c in range(len(grids[j][0]))
-                    ]
-                else:
-                    row += grids[j][0]
-            blocks = [row]
-            report["cross"] = cross
-            bias = self.summed_bias(bias_params)
+            report["cross"] = []
+            blocks = self.realize(head_layout(grids, self.config.head), report["cross"])
+            bias = self.summed_bias(biases)
             out_size = 1
-            scale = parent_scale / n if self.head == "mean" else parent_scale
+            scale = scale / n if self.config.head == "mean" else scale
         else:  # interior: the parents on the diagonal, new coefficient rows off it
-            cross = []
-            blocks = []
-            for i in range(n):
-                for r, parent_row in enumerate(grids[i]):
-                    row = []
-                    for j in range(n):
-                        if i == j:
-                            row += parent_row
-                            continue
-                        init = self.cross_by_block.get((i, j), self.cross_init)
-                        for c in range(len(parent_row)):
-                            where = [i * len(grids[i]) + r, j * len(parent_row) + c]
-                            sources = (
-                                [grids[p][r][c] for p in range(n)]
-                                if self.cross_templates == "union"
-                                else [parent_row[c]]
-                            )
-                            terms: list[Term] = []
-                            for source in sources:
-                                terms += self.cross_block(source, i, j, init, cross, where)
-                            row.append(terms)
-                    blocks.append(row)
-            report["cross"] = cross
-            bias = self.joined_bias(target, bias_params)
-            scale = parent_scale * self.interior_scale
+            report["cross"] = []
+            union = self.config.cross_templates == "union"
+            blocks = self.realize(interior_layout(grids, self.config.init_of, union=union), report["cross"])
+            bias = self.joined_bias(target, biases)
+            scale = scale * self.config.interior_scale
+        grid = self.grid_module(module, linear, blocks, bias, (in_size, out_size, new_groups), scale)
+        installed = target if not any(t == target for t, _ in self.weighted) else f"{target}_{kind}"
+        self.weighted[(target, kind)] = self.add_fused_module(installed, grid)
+        report["blocks"] = [[[f"{self.bank_names[id(b)]}[{r}]" for b, r in terms] for terms in row] for row in blocks]
+        self.lifts.append(report)
+
+    @staticmethod
+    def grid_module(
+        module: nn.Module,
+        linear: bool,
+        blocks: list[list[list[Term]]],
+        bias: nn.Parameter | None,
+        sizes: tuple[int, int, int],
+        scale: float,
+    ) -> nn.Module:
+        """The grid layer of ``blocks`` like ``module``, its inputs and outputs ``sizes[:2]`` times as many and
+        ``sizes[2]`` groups (a conv's)."""
+        in_size, out_size, groups = sizes
         if linear:
             grid = GridLinear(
                 blocks,
@@ -412,19 +399,28 @@ class _Fuser:
                 module,
                 in_channels=module.in_channels * in_size,
                 out_channels=module.out_channels * out_size,
-                groups=new_groups,
+                groups=groups,
                 scale=scale,
             )
         grid.train(module.training)
-        installed = target if not any(t == target for t, _ in self.weighted) else f"{target}_{kind}"
-        self.weighted[(target, kind)] = self.add_fused_module(installed, grid)
-        new = self.graph.call_module(self.weighted[(target, kind)], (self.weighted_input(value, kind, axis),))
-        new.meta["growc"] = {"fuse": {"lift": kind}}
-        report["blocks"] = [[[f"{self.bank_names[id(b)]}[{r}]" for b, r in terms] for terms in row] for row in blocks]
-        self.lifts.append(report)
-        if kind == "head":
-            return _Value("S", new, summed=True)
-        return _Value("F", new, out_axis)
+        return grid
+
+    def realize(self, layout: Layout, report: list[dict[str, Any]]) -> list[list[list[Term]]]:
+        """A layout's blocks, each :class:`~growc.runtime.grid_layout.CrossBlock` replaced by the terms of its new
+        rows, made in layout order (row-major: the order the random draws follow); each reported in ``report``."""
+        blocks = []
+        for row in layout:
+            blocks.append([self.new_block(b, report) if isinstance(b, CrossBlock) else b for b in row])
+        return blocks
+
+    def new_block(self, block: CrossBlock, report: list[dict[str, Any]]) -> list[Term]:
+        """The terms of a new block: one new row per source (see :meth:`cross_block`)."""
+        terms: list[Term] = []
+        for source in block.sources:
+            terms += self.cross_block(
+                source, block.row_parent, block.column_parent, block.init, report, list(block.where)
+            )
+        return terms
 
     def weighted_input(self, value: _Value, kind: str, axis: int) -> fx.Node:
         return value.node if kind == "stem" else self.fused(value, axis)
@@ -450,10 +446,10 @@ class _Fuser:
     def summed_bias(self, biases: list[nn.Parameter | None]) -> nn.Parameter | None:
         if biases[0] is None:
             return None
-        if self.head == "first":  # only parent 0 reads out
+        if self.config.head == "first":  # only parent 0 reads out
             return nn.Parameter(biases[0].detach().clone(), requires_grad=biases[0].requires_grad)
         total = torch.stack([b.detach() for b in biases]).sum(0)
-        if self.head == "mean":
+        if self.config.head == "mean":
             total = total / self.n
         return nn.Parameter(total, requires_grad=biases[0].requires_grad)
 
@@ -483,17 +479,6 @@ class _Fuser:
         if not _has_tensor(node.meta.get("growc_shape")):
             return _Value(ValueKind.SHARED, outputs[0])  # parents share shapes: a non-tensor result is the same
         return _Value(ValueKind.PER_PARENT, parts=outputs)
-
-
-def _svd(where: str, coefficients: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The full SVD of a bank's coefficient rows (float64, CPU), its failures a :class:`GrowcPassError`."""
-    try:
-        return torch.linalg.svd(coefficients, full_matrices=True)
-    except RuntimeError as error:  # torch.linalg.LinAlgError included
-        raise GrowcPassError(
-            f"{where}: the SVD of a bank's {tuple(coefficients.shape)} coefficients failed: "
-            f"{str(error).splitlines()[0]}"
-        ) from error
 
 
 def _is_inplace(node: fx.Node) -> bool:
@@ -584,10 +569,10 @@ def fuse(
     parents: Sequence[nn.Module],
     example_inputs: Sequence[Any],
     *,
-    cross_init: CrossInit = "orthogonal",
-    cross_scale: float = 1.0,
-    cross_templates: Literal["own", "union"] = "own",
-    head: Literal["sum", "mean"] = "sum",
+    cross_init: CrossInit = FuseConfig.cross_init,
+    cross_scale: float = FuseConfig.cross_scale,
+    cross_templates: CrossTemplates = FuseConfig.cross_templates,
+    head: Head = FuseConfig.head,
     seed: int = 0,
     templatize_options: dict[str, Any] | None = None,
     verify: bool = True,
@@ -608,6 +593,9 @@ def fuse(
         seed: seeds random cross inits and the parents' templatization.
         verify: compare the fused model with the parents' sum (or mean) on ``example_inputs`` in eval mode.
 
+    The defaults are :class:`~growc.passes.config.FuseConfig`'s (and :class:`~growc.passes.config.TemplatizeConfig`'s
+    for ``templatize_options``).
+
     Returns:
         The fused GraphModule; ``gm.meta["growc"]["fuse"]`` holds the report (lifts with their block layout,
         cross blocks with their init, fallbacks by node and op, parameter counts, output check).
@@ -618,16 +606,9 @@ def fuse(
     for i, parent in enumerate(parents):
         if not isinstance(parent, nn.Module):
             raise GrowcConfigError(f"fuse: parent {i} is not an nn.Module but {type(parent).__name__}")
-    if cross_init not in ("orthogonal", "zero", "random", "copy"):
-        raise GrowcConfigError(f"cross_init must be 'orthogonal', 'zero', 'random' or 'copy', got {cross_init!r}")
-    if cross_templates not in ("own", "union"):
-        raise GrowcConfigError(f"cross_templates must be 'own' or 'union', got {cross_templates!r}")
-    if head not in ("sum", "mean"):
-        raise GrowcConfigError(f"head must be 'sum' or 'mean', got {head!r}")
-    if isinstance(cross_scale, bool) or not isinstance(cross_scale, (int, float)) or not math.isfinite(cross_scale):
-        raise GrowcConfigError(f"cross_scale must be a finite number, got {cross_scale!r}")
+    config = FuseConfig(cross_init=cross_init, cross_scale=cross_scale, cross_templates=cross_templates, head=head)
     seed = check_seed(seed, span=len(parents))
-    options = _templatize_options("fuse", templatize_options)
+    options = TemplatizeConfig.from_options("fuse", templatize_options)
     example_inputs = check_example_inputs("fuse", example_inputs)
     check_parents("fuse", parents)
     n = len(parents)
@@ -635,35 +616,25 @@ def fuse(
     templated = [
         copy.deepcopy(p)
         if is_templatized(p)
-        else templatize(p, example_inputs, seed=seed + i, verify=verify, **options)
+        else templatize(p, example_inputs, seed=seed + i, verify=verify, **options.kwargs())
         for i, p in enumerate(parents)
     ]
     parent_params = [sum(p.numel() for p in t.parameters()) for t in templated]
-    gm, fuser = fuse_templated(
-        templated,
-        example_inputs,
-        cross_init=cross_init,
-        cross_scale=float(cross_scale),
-        cross_templates=cross_templates,
-        head=head,
-        seed=seed,
-    )
+    fusion = _fuse_owned(templated, example_inputs, config.fusion(seed))  # fuse's own copies: no second copy
+    gm = fusion.module
     report: dict[str, Any] = {
         "parents": len(parents),
-        "cross_init": cross_init,
-        "cross_scale": cross_scale,
-        "cross_templates": cross_templates,
-        "head": head,
+        **config.as_dict(),
         "seed": seed,
-        "templatize": options if not all(is_templatized(p) for p in parents) else None,
-        "lifts": fuser.lifts,
-        "fallbacks": fuser.fallbacks,
+        "templatize": options.report() if not all(is_templatized(p) for p in parents) else None,
+        "lifts": fusion.lifts,
+        "fallbacks": fusion.fallbacks,
         "params": {"parents": parent_params, "fused": sum(p.numel() for p in gm.parameters())},
     }
     finish_pass(gm, "fuse", report)
     if verify:
-        exact = cross_init == "zero"
-        report["output"] = output = _verify(templated, gm, example_inputs, head, where="fuse", exact=exact)
+        exact = config.cross_init == "zero"
+        report["output"] = output = verify_fusion(templated, gm, example_inputs, head, where="fuse", exact=exact)
         if exact and "note" not in output and not output["max_rel"] <= output["tolerance"]:
             raise GrowcPassError(
                 f"fuse(cross_init='zero') is not the parents' {head}: max rel error {output['max_rel']:.3e} > "
@@ -673,40 +644,42 @@ def fuse(
     return gm
 
 
+@dataclass(frozen=True)
+class FusionResult:
+    """What :func:`fuse_templated` returns: the fused GraphModule, its lifts (with their block layouts and cross
+    blocks) and the ops that took the exact fallback."""
+
+    module: fx.GraphModule
+    lifts: list[dict[str, Any]]
+    fallbacks: list[dict[str, str]]
+
+
 def fuse_templated(
-    templated: list[fx.GraphModule],
-    example_inputs: tuple[Any, ...],
-    *,
-    cross_init: str,
-    cross_scale: float,
-    cross_templates: str,
-    head: str,
-    seed: int,
-    configure: Callable[[_Fuser], None] | None = None,
-) -> tuple[fx.GraphModule, _Fuser]:
-    """The fusion itself, on templatized parents this call may consume (their banks become the result's)."""
+    templated: Sequence[fx.GraphModule], example_inputs: tuple[Any, ...], config: FusionConfig
+) -> FusionResult:
+    """The fusion itself, of templatized parents of one architecture, configured by ``config`` alone.
+
+    Never modifies ``templated``: the parents are deep-copied together first (so parents that share banks, as a
+    widening's do, still share them in the copy) and the result shares no module, parameter or buffer with them.
+    """
+    return _fuse_owned(copy.deepcopy(list(templated)), example_inputs, config)
+
+
+def _fuse_owned(templated: list[fx.GraphModule], example_inputs: tuple[Any, ...], config: FusionConfig) -> FusionResult:
+    """:func:`fuse_templated` on parents this module made for the call (they become the result's parts)."""
     for parent in templated:
         strip_step_markers(parent.graph)
         parent.recompile()
     _check_same_architecture(templated)
     propagate_shapes(templated[0], example_inputs)
-    fuser = _Fuser(
-        templated,
-        cross_init=cross_init,
-        cross_scale=cross_scale,
-        cross_templates=cross_templates,
-        head=head,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    if configure is not None:
-        configure(fuser)
-    return fuser.run(), fuser
+    fuser = _Fuser(templated, config)
+    return FusionResult(fuser.run(), fuser.lifts, fuser.fallbacks)
 
 
 _RESULT = {"fuse": "fused model", "widen": "widened model"}
 
 
-def _verify(
+def verify_fusion(
     parents: list[nn.Module],
     gm: nn.Module,
     example_inputs: tuple[Any, ...],
@@ -715,8 +688,10 @@ def _verify(
     where: str,
     exact: bool,
 ) -> dict[str, Any]:
-    """The fused model against the parents' sum (mean, or parent 0 alone), in the mode the graphs were traced in.
-    ``tolerance`` is the exactness bound of the parents' dtype (:func:`growc.fx.analysis.exactness_tolerance`)."""
+    """The fused model ``gm`` against the parents' sum (``head="sum"``), mean (``"mean"``) or parent 0 alone
+    (``"first"``) on ``example_inputs``, in the mode the graphs were traced in; ``where`` is the pass (``"fuse"``
+    or ``"widen"``) and ``exact`` says whether it must preserve the function. ``tolerance`` is the exactness
+    bound of the parents' dtype (:func:`growc.fx.analysis.exactness_tolerance`)."""
     train = parents[0].training
     readers = parents[:1] if head == "first" else parents
     labels = ["the model"] if where == "widen" else [f"parent {i}" for i in range(len(readers))]

@@ -33,9 +33,9 @@ import fnmatch
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +57,12 @@ from growc.fx.checks import (
     check_seed,
     checked_outputs,
     format_bytes,
-    positive_int,
     size_bound,
 )
 from growc.fx.pipeline import finish_pass
 from growc.fx.trace import attribute_owner, graph_module, trace
+from growc.runtime.init import fan_in as _fan_in  # the fan-in rule (matmul weights are [..., in, out])
+from growc.runtime.init import kaiming_templates, orthogonal_coefficients
 from growc.runtime.layers import (
     GENERATED_TYPES,
     MixedConv1d,
@@ -73,10 +74,9 @@ from growc.runtime.layers import (
 )
 from growc.runtime.markers import strip_step_markers
 
-__all__ = ["EXACT_TOLERANCE", "layer_matches", "templatable_weights", "templatize"]
+from .config import Init, Sharing, TemplatizeConfig
 
-Sharing = Literal["layer", "shape", "shape_window"]
-Init = Literal["exact", "svd", "fresh"]
+__all__ = ["EXACT_TOLERANCE", "layer_matches", "templatable_weights", "templatize"]
 
 #: ``init="exact"`` with ``verify=True`` raises when the output's max-norm relative error exceeds
 #: :func:`growc.fx.analysis.exactness_tolerance` of the model's dtype; this is its float32 value.
@@ -418,18 +418,6 @@ def _select(
     return [w for w, keep in zip(weights, selected, strict=True) if keep], skipped + dropped
 
 
-def _fan_in(kind: str, shape: tuple[int, ...]) -> int:
-    if kind == "matmul":  # ``x @ W`` with ``W`` laid out ``[..., in, out]``
-        return shape[-2] if len(shape) > 1 else shape[0]
-    return math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-
-
-def _kaiming(count: int, shape: tuple[int, ...], fan_in: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
-    """``count`` Kaiming-normal (ReLU gain) tensors of ``shape``, flattened to ``[count, D]``."""
-    std = math.sqrt(2.0) / math.sqrt(max(fan_in, 1))
-    return (torch.randn((count, math.prod(shape)), generator=generator, dtype=torch.float32) * std).to(dtype)
-
-
 def _init_bank(
     stacked: Tensor, shape: tuple[int, ...], fan_in: int, init: str, k: int, generator: torch.Generator, where: str
 ) -> tuple[Tensor, Tensor, dict[str, Any], list[float]]:
@@ -444,7 +432,7 @@ def _init_bank(
         k_eff = max(k, num_layers)
         if k_eff != k:
             info["note"] = f"K raised from {k} to {k_eff}: an exact identity basis needs one template per layer"
-        templates = torch.cat([stacked, _kaiming(k_eff - num_layers, shape, fan_in, generator, dtype)])
+        templates = torch.cat([stacked, kaiming_templates(k_eff - num_layers, shape, fan_in, generator, dtype)])
         coefficients = torch.zeros(num_layers, k_eff, dtype=dtype)
         coefficients[:, :num_layers] = torch.eye(num_layers, dtype=dtype)
         info.update(templates=k_eff, basis="identity", predicted_error=0.0)
@@ -457,7 +445,8 @@ def _init_bank(
                 "needs no SVD"
             ) from error
         r = min(k, s.numel())
-        templates = torch.cat([(s[:r, None] * vh[:r]).to(dtype), _kaiming(k - r, shape, fan_in, generator, dtype)])
+        extra = kaiming_templates(k - r, shape, fan_in, generator, dtype)
+        templates = torch.cat([(s[:r, None] * vh[:r]).to(dtype), extra])
         coefficients = torch.zeros(num_layers, k, dtype=dtype)
         coefficients[:, :r] = u[:, :r].to(dtype)
         energy = s**2
@@ -479,11 +468,9 @@ def _init_bank(
                 f"only min(layers, size) = {s.numel()} singular directions: {k - s.numel()} extra Kaiming "
                 "template(s) with zero coefficients"
             )
-    else:  # fresh
-        templates = _kaiming(k, shape, fan_in, generator, dtype)
-        coefficients = torch.empty(num_layers, k, dtype=torch.float32)
-        nn.init.orthogonal_(coefficients, generator=generator)
-        coefficients = coefficients.to(dtype)
+    else:  # fresh: growc.runtime.init.fresh_bank's draws, in its order
+        templates = kaiming_templates(k, shape, fan_in, generator, dtype)
+        coefficients = orthogonal_coefficients(num_layers, k, generator, dtype)
         info.update(templates=k, basis="fresh")
     return templates, coefficients, info, predicted_layers
 
@@ -511,29 +498,6 @@ def _verify(model: nn.Module, gm: nn.Module, example_inputs: Sequence[Any], trai
     except ValueError as error:  # the outputs' structures or shapes differ
         return {"max_abs": math.inf, "max_rel": math.inf, "mode": mode, "tolerance": tolerance, "error": str(error)}
     return {"max_abs": max_abs, "max_rel": max_rel, "mode": mode, "tolerance": tolerance}
-
-
-_TEMPLATIZE_OPTIONS = ("sharing", "templates", "init", "window", "leaf_modules", "autowrap_functions", "concrete_args")
-_TEMPLATIZE_OPTIONS += ("layers",)
-
-
-def _templatize_options(where: str, options: Any) -> dict[str, Any]:
-    """A growth pass's ``templatize_options`` over the defaults (``layer`` sharing, K = 2, ``exact``); ``seed`` and
-    ``verify`` are the growth pass's own."""
-    if options is None:
-        options = {}
-    if not isinstance(options, Mapping):
-        raise GrowcConfigError(f"templatize_options must be a dict of templatize options, got {type(options).__name__}")
-    for key in options:
-        if key in ("seed", "verify"):
-            raise GrowcConfigError(f"templatize_options may not set {key!r} ({where}'s own option)")
-    unknown = [key for key in options if key not in _TEMPLATIZE_OPTIONS]
-    if unknown:
-        raise GrowcConfigError(
-            f"templatize_options has unknown option(s) {', '.join(repr(k) for k in unknown)}; known: "
-            f"{', '.join(_TEMPLATIZE_OPTIONS)}"
-        )
-    return {"sharing": "layer", "templates": 2, "init": "exact", **options}
 
 
 def _check_bank_sizes(groups: list[list[_Weight]], templates: int, init: str) -> None:
@@ -575,14 +539,11 @@ def _unique(container: nn.Module, base: str) -> str:
 def _check_arguments(
     model: nn.Module, example_inputs: Sequence[Any], sharing: str, init: str, templates: int, window: int, seed: int
 ) -> tuple[int, int, int, tuple[Any, ...]]:
-    """templatize's argument checks; returns ``templates``, ``window``, ``seed`` and ``example_inputs`` checked."""
+    """templatize's argument checks; returns ``templates``, ``window``, ``seed`` and ``example_inputs`` checked.
+    The options are checked by :class:`~growc.passes.config.TemplatizeConfig` (one set of rules and messages)."""
     check_module("templatize", model)
-    if sharing not in ("layer", "shape", "shape_window"):
-        raise GrowcConfigError(f"sharing must be 'layer', 'shape' or 'shape_window', got {sharing!r}")
-    if init not in ("exact", "svd", "fresh"):
-        raise GrowcConfigError(f"init must be 'exact', 'svd' or 'fresh', got {init!r}")
-    templates = positive_int("templates", templates)
-    window = positive_int("window", window)
+    config = TemplatizeConfig(sharing=sharing, templates=templates, init=init, window=window)
+    templates, window = config.templates, config.window
     seed = check_seed(seed)
     example_inputs = check_example_inputs("templatize", example_inputs)
     check_finite_state(model, "templatize")
@@ -762,16 +723,16 @@ def templatize(
     model: nn.Module,
     example_inputs: Sequence[Any],
     *,
-    sharing: Sharing = "layer",
-    templates: int = 2,
-    init: Init = "exact",
+    sharing: Sharing = TemplatizeConfig.sharing,
+    templates: int = TemplatizeConfig.templates,
+    init: Init = TemplatizeConfig.init,
     seed: int = 0,
-    window: int = 2,
-    leaf_modules: Sequence[type[nn.Module] | str] = (),
-    autowrap_functions: Sequence[Callable[..., Any]] = (),
-    concrete_args: dict[str, Any] | None = None,
+    window: int = TemplatizeConfig.window,
+    leaf_modules: Sequence[type[nn.Module] | str] = TemplatizeConfig.leaf_modules,
+    autowrap_functions: Sequence[Callable[..., Any]] = TemplatizeConfig.autowrap_functions,
+    concrete_args: dict[str, Any] | None = TemplatizeConfig.concrete_args,
     verify: bool = True,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[str] | None = TemplatizeConfig.layers,
 ) -> fx.GraphModule:
     """Return a new GraphModule in which every weight is generated from a bank of templates.
 

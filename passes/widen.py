@@ -21,9 +21,8 @@ growth's templates and coefficients carried through (multi-step growth, 0.25 -> 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -32,38 +31,34 @@ from growc.errors import GrowcConfigError, GrowcPassError
 from growc.fx.analysis import check_finite_state
 from growc.fx.checks import check_example_inputs, check_growth_size, check_module, check_seed, is_templatized
 from growc.fx.pipeline import finish_pass
-from growc.runtime.bank import TemplateBank
-from growc.runtime.layers import GRID_TYPES, MixedWeight
-from growc.runtime.layers import MixedLayer as _Mixed
+from growc.runtime.init import fresh_bank, orthogonal_row
+from growc.runtime.layers import GRID_TYPES, MIXED_TYPES
 
-from .fuse import _Fuser, _svd, _verify, fuse_templated
-from .templatize import _templatize_options, templatize
+from .config import FusionConfig, Method, TemplatizeConfig, WidenConfig
+from .fuse import fuse_templated, verify_fusion
+from .templatize import templatize
 
-__all__ = ["widen"]
-
-Method = Literal["mixture", "net2net", "random", "zero"]
-PRESERVING = ("net2net", "zero")
+__all__ = ["fusion_config", "widen"]
 
 
 def _fresh(model: fx.GraphModule, generator: torch.Generator) -> fx.GraphModule:
-    """A copy whose banks are re-initialized the reference's way: Kaiming templates, orthogonal coefficients."""
+    """A copy whose banks are re-initialized the reference's way (:func:`growc.runtime.init.fresh_bank`: Kaiming
+    templates with growc's fan-in rule, orthogonal coefficients)."""
     out = copy.deepcopy(model)
     with torch.no_grad():
         for bank in out.growc_banks.values():
-            shape = bank.weight_shape
-            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-            templates = torch.randn(bank.templates.shape, generator=generator) * math.sqrt(2.0 / max(fan_in, 1))
-            bank.templates.copy_(templates)
-            coefficients = torch.empty(bank.coefficients.shape)
-            nn.init.orthogonal_(coefficients, generator=generator)
+            templates, coefficients = fresh_bank(
+                bank.kind, bank.weight_shape, bank.num_templates, bank.num_layers, generator, torch.float32
+            )
+            bank.templates.copy_(templates.view(bank.templates.shape))
             bank.coefficients.copy_(coefficients)
     return out
 
 
-def _orthogonal_row(bank: TemplateBank) -> int:
-    existing = bank.coefficients.detach().to("cpu", torch.float64)
-    _, _, vh = _svd("widen(method='mixture')", existing)
-    return bank.add_rows(vh[-1][None])[0]
+def _add_orthogonal_row(bank: nn.Module) -> int:
+    """A new row of ``bank``, orthogonal to every row it holds; its index."""
+    (index,) = bank.add_rows(orthogonal_row("widen(method='mixture')", bank.coefficients).row[None])
+    return index
 
 
 def _on_own_templates(model: fx.GraphModule) -> fx.GraphModule:
@@ -71,98 +66,105 @@ def _on_own_templates(model: fx.GraphModule) -> fx.GraphModule:
     memo: dict[int, Any] = {id(bank): bank for bank in model.growc_banks.values()}
     out = copy.deepcopy(model, memo)
     for module in out.modules():
-        if isinstance(module, (_Mixed, MixedWeight)):
-            module.index = _orthogonal_row(module.bank)
+        if isinstance(module, MIXED_TYPES):
+            module.index = _add_orthogonal_row(module.bank)
         elif isinstance(module, GRID_TYPES):
             module.set_blocks(
-                [[[(bank, _orthogonal_row(bank)) for bank, _ in terms] for terms in row] for row in module.blocks]
+                [[[(bank, _add_orthogonal_row(bank)) for bank, _ in terms] for terms in row] for row in module.blocks]
             )
     return out
+
+
+def fusion_config(config: WidenConfig, seed: int) -> FusionConfig:
+    """How a widening by ``config.method`` drives the fusion engine (see the module docstring): ``net2net``
+    copies the coefficients without noise, divides the interior blocks by the factor and averages the logits;
+    ``mixture`` adds orthogonal rows and sums; ``random`` draws random cross blocks and sums; ``zero`` draws
+    random blocks except those into parent 0 (zero) and reads out through parent 0 alone."""
+    factor = config.factor
+    if config.method == "net2net":
+        return FusionConfig(cross_init="copy", head="mean", seed=seed, copy_noise=0.0, interior_scale=1.0 / factor)
+    if config.method == "mixture":
+        return FusionConfig(cross_init="orthogonal", head="sum", seed=seed)
+    if config.method == "random":
+        return FusionConfig(cross_init="random", head="sum", seed=seed)
+    zero_into_old = tuple(((0, j), "zero") for j in range(1, factor))
+    return FusionConfig(cross_init="random", head="first", seed=seed, block_inits=zero_into_old)
+
+
+def _parents(base: fx.GraphModule, config: WidenConfig, seed: int) -> list[fx.GraphModule]:
+    """Parent 0 (``base``) and the ``factor - 1`` parents the method derives from it."""
+    count = config.factor - 1
+    if config.method == "net2net":
+        return [base] + [copy.deepcopy(base) for _ in range(count)]
+    if config.method == "mixture":
+        return [base] + [_on_own_templates(base) for _ in range(count)]
+    generator = torch.Generator().manual_seed(seed)
+    return [base] + [_fresh(base, generator) for _ in range(count)]
 
 
 def widen(
     model: nn.Module,
     example_inputs: Sequence[Any],
     *,
-    factor: int = 2,
-    method: Method = "mixture",
+    factor: int = WidenConfig.factor,
+    method: Method = WidenConfig.method,
     seed: int = 0,
     templatize_options: dict[str, Any] | None = None,
     verify: bool = True,
 ) -> fx.GraphModule:
     """Return ``model`` grown ``factor`` times wider by ``method`` (see the module docstring).
 
-    ``model`` may be plain (templatized first with ``templatize_options``), templatized, or already grown.
-    ``gm.meta["growc"]["widen"]`` holds the fusion report plus ``method``, ``factor`` and, with ``verify``, the
-    output against ``model`` (``net2net`` and ``zero`` must match it: a difference above
+    ``model`` may be plain (templatized first with ``templatize_options``), templatized, or already grown; it is
+    never modified. ``gm.meta["growc"]["widen"]`` holds the fusion report plus ``method``, ``factor`` and, with
+    ``verify``, the output against ``model`` (``net2net`` and ``zero`` must match it: a difference above
     :func:`growc.fx.analysis.exactness_tolerance` of the model's dtype raises).
     """
     check_module("widen", model)
-    if method not in ("mixture", "net2net", "random", "zero"):
-        raise GrowcConfigError(f"method must be 'mixture', 'net2net', 'random' or 'zero', got {method!r}")
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-        raise GrowcConfigError(f"factor must be an integer >= 2, got {factor!r}")
+    config = WidenConfig(factor=factor, method=method)
     seed = check_seed(seed)
-    options = _templatize_options("widen", templatize_options)
+    options = TemplatizeConfig.from_options("widen", templatize_options)
     example_inputs = check_example_inputs("widen", example_inputs)
     check_finite_state(model, "widen")
-    check_growth_size("widen", f"factor={factor}", factor * factor, model)
+    check_growth_size("widen", f"factor={config.factor}", config.factor * config.factor, model)
     base = (
-        copy.deepcopy(model)
+        copy.deepcopy(model)  # mixture adds rows to its banks
         if is_templatized(model)
-        else templatize(model, example_inputs, seed=seed, verify=verify, **options)
+        else templatize(model, example_inputs, seed=seed, verify=verify, **options.kwargs())
     )
-    if method == "mixture" and not len(getattr(base, "growc_banks", ())):
+    if config.method == "mixture" and not len(getattr(base, "growc_banks", ())):
         raise GrowcConfigError(
             "widen: method 'mixture' mixes the model's templates, and it has none (templatize selected no weight: "
             "check templates.layers); choose method net2net, random or zero, or select layers to templatize"
         )
     params_before = sum(p.numel() for p in base.parameters())
-    generator = torch.Generator().manual_seed(seed)
-    if method == "net2net":
-        parents = [base] + [copy.deepcopy(base) for _ in range(factor - 1)]
-        cross_init, head = "copy", "mean"
-    elif method == "mixture":
-        parents = [base] + [_on_own_templates(base) for _ in range(factor - 1)]
-        cross_init, head = "orthogonal", "sum"
-    else:
-        parents = [base] + [_fresh(base, generator) for _ in range(factor - 1)]
-        cross_init, head = ("random", "sum") if method == "random" else ("random", "first")
-
-    def configure(fuser: _Fuser) -> None:
-        if method == "net2net":
-            fuser.copy_noise = 0.0
-            fuser.interior_scale = 1.0 / factor
-        if method == "zero":
-            fuser.cross_by_block = {(0, j): "zero" for j in range(1, factor)}
-
-    gm, fuser = fuse_templated(
-        parents,
-        example_inputs,
-        cross_init=cross_init,
-        cross_scale=1.0,
-        cross_templates="own",
-        head=head,
-        seed=seed,
-        configure=configure,
-    )
+    fusion = fuse_templated(_parents(base, config, seed), example_inputs, fusion_config(config, seed))
+    gm = fusion.module
     report: dict[str, Any] = {
-        "method": method,
-        "factor": factor,
+        "method": config.method,
+        "factor": config.factor,
         "seed": seed,
-        "templatize": None if is_templatized(model) else options,
-        "lifts": fuser.lifts,
-        "fallbacks": fuser.fallbacks,
+        "templatize": None if is_templatized(model) else options.report(),
+        "lifts": fusion.lifts,
+        "fallbacks": fusion.fallbacks,
         "params": {"before": params_before, "after": sum(p.numel() for p in gm.parameters())},
     }
     finish_pass(gm, "widen", report)
     if verify:
-        output = _verify([base], gm, example_inputs, "first", where="widen", exact=method in PRESERVING)
-        output["against"] = "the model"
-        report["output"] = output
-        if method in PRESERVING and "note" not in output and not output["max_rel"] <= output["tolerance"]:
-            raise GrowcPassError(
-                f"widen(method={method!r}) changed the model's function: max rel error {output['max_rel']:.3e} > "
-                f"{output['tolerance']:.3g}"
-            )
+        _check_output(config, base, gm, example_inputs, report)
     return gm
+
+
+def _check_output(
+    config: WidenConfig, base: fx.GraphModule, gm: fx.GraphModule, example_inputs: tuple[Any, ...], report: dict
+) -> None:
+    """The widened model against the model (``report["output"]``); a preserving method that changed the
+    function raises :class:`GrowcPassError`."""
+    exact = config.preserving
+    output = verify_fusion([base], gm, example_inputs, "first", where="widen", exact=exact)
+    output["against"] = "the model"
+    report["output"] = output
+    if exact and "note" not in output and not output["max_rel"] <= output["tolerance"]:
+        raise GrowcPassError(
+            f"widen(method={config.method!r}) changed the model's function: max rel error {output['max_rel']:.3e} > "
+            f"{output['tolerance']:.3g}"
+        )

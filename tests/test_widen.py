@@ -12,7 +12,7 @@ from torch import nn
 
 import growc
 import growc.models
-from growc.models.zoo import WideResNet
+from growc.models import WideResNet
 from growc.runtime.layers import GridConv2d
 from growc.testing import ALL_FEATURES, assert_same_function, cnn_models
 from helpers import assert_unchanged, snapshot
@@ -176,3 +176,29 @@ def test_mixture_widening_of_a_model_without_templates_is_refused() -> None:
     x = torch.randn(2, 1, 24)
     with pytest.raises(growc.GrowcConfigError, match=r"widen: method 'mixture' mixes the model's templates, and it"):
         growc.widen(model, (x,), factor=2, method="mixture", templatize_options={"layers": []})
+
+
+def test_fuse_templated_never_modifies_its_parents() -> None:
+    from growc.passes.config import FusionConfig
+    from growc.passes.fuse import fuse_templated
+
+    parents = [growc.templatize(_cnn(), CNN_X, seed=i) for i in range(2)]
+    before = [snapshot(p) for p in parents]
+    fusion = fuse_templated(parents, CNN_X, FusionConfig(cross_init="orthogonal", seed=0))
+    for parent, snap in zip(parents, before, strict=True):
+        assert_unchanged(parent, snap)  # no step marker stripped, no coefficient row added
+    ours = {id(t) for t in (*fusion.module.parameters(), *fusion.module.buffers())}
+    theirs = {id(t) for p in parents for t in (*p.parameters(), *p.buffers())}
+    assert not ours & theirs  # the result shares no tensor with the parents
+    assert {"stem", "grid", "head"} <= {lift["lift"] for lift in fusion.lifts} and fusion.fallbacks == []
+    # the same fusion as growc.fuse's, draw for draw
+    fused = growc.fuse(parents, CNN_X, cross_init="orthogonal", verify=False)
+    assert torch.equal(fused(*CNN_X), fusion.module(*CNN_X))
+
+
+@pytest.mark.parametrize("method", ["mixture", "net2net", "random", "zero"])
+def test_widening_a_templatized_model_leaves_it_alone(method: str) -> None:
+    model = growc.templatize(_cnn(), CNN_X)
+    before = snapshot(model)
+    growc.widen(model, CNN_X, method=method)
+    assert_unchanged(model, before)

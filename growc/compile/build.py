@@ -286,25 +286,17 @@ def _validate(spec: GrowthSpec, parents: list[nn.Module]) -> dict[str, Any]:
         n for n in names if spec.templates.layers is None or any(layer_matches(n, p) for p in spec.templates.layers)
     ]
     steps = []
-    for i, step in enumerate(spec.growth):
-        entry: dict[str, Any] = {"step": i, "factor": step.factor}
-        if spec.is_fusion(i):
-            entry.update(
-                kind="fuse",
-                parents=len(spec.parents),
-                cross_init=step.cross_init,
-                cross_scale=step.cross_scale,
-                cross_templates=step.cross_templates,
-                head=step.head,
-            )
+    resolved = spec.steps()
+    for step in resolved:
+        entry: dict[str, Any] = {"step": step.index, "factor": step.factor}
+        if step.fuse is not None:
+            entry.update(kind="fuse", parents=len(spec.parents), **step.fuse.as_dict())
         else:
             entry.update(kind="widen", method=step.method)
         if step.target is not None:
             entry["target"] = {step.target.kwarg: step.target.value}
         steps.append(entry)
-    width = 1
-    for step in spec.growth:
-        width *= step.factor or 1
+    width = math.prod(step.factor for step in resolved)
     return {
         "name": spec.name,
         "spec": spec.doc.file,
@@ -370,34 +362,17 @@ def compile_spec(
     options = template_options(spec)
     gm: fx.GraphModule | None = None
     steps: list[dict[str, Any]] = []
-    for i, step in enumerate(spec.growth):
+    for step in spec.steps():
+        i = step.index
         t0 = time.perf_counter()
         try:
-            if spec.is_fusion(i):
-                gm = fuse(
-                    parents,
-                    (x,),
-                    cross_init=step.cross_init or "orthogonal",
-                    cross_scale=1.0 if step.cross_scale is None else step.cross_scale,
-                    cross_templates=step.cross_templates or "own",
-                    head=step.head or "sum",
-                    seed=spec.seed,
-                    templatize_options=options,
-                    verify=verify,
-                )
-                pass_report = gm.meta["growc"]["fuse"]
+            config = step.options()
+            if step.kind == "fuse":
+                gm = fuse(parents, (x,), **config, seed=spec.seed, templatize_options=options, verify=verify)
             else:
                 base = parents[0] if gm is None else gm
-                gm = widen(
-                    base,
-                    (x,),
-                    factor=int(step.factor or 2),
-                    method=step.method,
-                    seed=spec.seed + i,
-                    templatize_options=options,
-                    verify=verify,
-                )
-                pass_report = gm.meta["growc"]["widen"]
+                gm = widen(base, (x,), **config, seed=spec.seed + i, templatize_options=options, verify=verify)
+            pass_report = gm.meta["growc"][step.kind]
         except GrowcSpecError:
             raise
         except (GrowcError, RuntimeError, MemoryError) as error:
@@ -406,10 +381,10 @@ def compile_spec(
         steps.append(
             {
                 "step": i,
-                "kind": "fuse" if spec.is_fusion(i) else "widen",
+                "kind": step.kind,
                 "factor": step.factor,
-                "method": "mixture" if spec.is_fusion(i) else step.method,
-                "cross_init": step.cross_init,
+                "method": step.method,
+                "cross_init": None if step.fuse is None else step.fuse.cross_init,
                 "params": _count(gm),
                 "fallbacks": len(pass_report.get("fallbacks", [])),
                 "output": pass_report.get("output"),
@@ -556,7 +531,7 @@ def _check_recorded(root: Path, report: dict[str, Any], spec: GrowthSpec, trust_
     recorded = (
         [(s.get("kind"), s.get("factor")) for s in steps if isinstance(s, dict)] if isinstance(steps, list) else None
     )
-    implied = [("fuse" if spec.is_fusion(i) else "widen", step.factor) for i, step in enumerate(spec.growth)]
+    implied = [(step.kind, step.factor) for step in spec.steps()]
     if recorded != implied:
         raise GrowcError(
             f"{where}: the spec's steps (kind, factor) are {implied}, the report recorded {recorded}: the artifact "

@@ -20,12 +20,33 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from growc.spec.document import Document, GrowcSpecError, Located, SpecModel, exact_int, load_document, plain_data
+from growc.passes.config import (
+    CrossInit,
+    CrossTemplates,
+    FuseConfig,
+    Head,
+    Init,
+    Method,
+    Sharing,
+    TemplatizeConfig,
+    WidenConfig,
+)
+from growc.spec.document import (
+    Document,
+    GrowcSpecError,
+    Located,
+    SpecIssue,
+    SpecModel,
+    exact_int,
+    load_document,
+    plain_data,
+)
 
 __all__ = [
     "SPEC_VERSION",
@@ -33,12 +54,16 @@ __all__ = [
     "InputSpec",
     "OutputSpec",
     "ParentSpec",
+    "ResolvedStep",
     "StepSpec",
     "TargetSpec",
     "TemplateSpec",
     "TraceSpec",
+    "check_steps",
     "load_spec",
+    "resolve_spec",
     "spec_json_schema",
+    "spec_json_schema_text",
 ]
 
 SPEC_VERSION = 1
@@ -95,15 +120,19 @@ class TraceSpec(SpecModel):
 class TemplateSpec(SpecModel):
     """How the parents' weights become template banks."""
 
-    sharing: Literal["layer", "shape", "shape_window"] = Field(
-        default="layer", description="which weights share a bank: each its own, all of one shape, or windows"
+    sharing: Sharing = Field(
+        default=TemplatizeConfig.sharing,
+        description="which weights share a bank: each its own, all of one shape, or windows",
     )
-    per_bank: Annotated[int, Field(ge=1, le=1024)] = Field(default=2, description="templates per bank (K)")
-    init: Literal["exact", "svd", "fresh"] = Field(
-        default="exact", description="exact (function-preserving), svd (rank-K fit) or fresh (Kaiming templates)"
+    per_bank: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=TemplatizeConfig.templates, description="templates per bank (K)"
+    )
+    init: Init = Field(
+        default=TemplatizeConfig.init,
+        description="exact (function-preserving), svd (rank-K fit) or fresh (Kaiming templates)",
     )
     window: Annotated[int, Field(ge=1, le=1024)] = Field(
-        default=2, description="bank size for sharing: shape_window (unused otherwise)"
+        default=TemplatizeConfig.window, description="bank size for sharing: shape_window (unused otherwise)"
     )
     layers: list[NonEmpty] | None = Field(
         default=None,
@@ -129,24 +158,30 @@ class StepSpec(SpecModel):
     target: TargetSpec | None = Field(
         default=None, description="a target width instead of factor (with both, they must agree)"
     )
-    method: Literal["mixture", "net2net", "random", "zero"] = Field(
-        default="mixture",
+    method: Method = Field(
+        default=WidenConfig.method,
         description="mixture: new coefficients over trained templates; net2net: replicas (function-preserving); "
         "random: fresh templates, random cross blocks; zero: fresh templates, zero blocks into the old units. "
         "A fusion step is always mixture",
     )
-    cross_init: Literal["orthogonal", "zero", "random", "copy"] | None = Field(
-        default=None, description="fusion steps: init of the new off-diagonal blocks (default orthogonal)"
+    # the fusion keys default to None ("not given": a widening step must not set them); a fusion step's
+    # resolved values default to FuseConfig's (check_steps)
+    cross_init: CrossInit | None = Field(
+        default=None,
+        description=f"fusion steps: init of the new off-diagonal blocks (default {FuseConfig.cross_init})",
     )
     cross_scale: Annotated[float, Field(ge=-1e6, le=1e6)] | None = Field(
-        default=None, description="fusion steps: scale of the cross-block coefficients (default 1.0)"
-    )
-    cross_templates: Literal["own", "union"] | None = Field(
         default=None,
-        description="fusion steps: the cross blocks mix the row parent's templates (own) or every parent's (union)",
+        description=f"fusion steps: scale of the cross-block coefficients (default {FuseConfig.cross_scale})",
     )
-    head: Literal["sum", "mean"] | None = Field(
-        default=None, description="fusion steps: the parents' logits add up (sum, default) or average (mean)"
+    cross_templates: CrossTemplates | None = Field(
+        default=None,
+        description="fusion steps: the cross blocks mix the row parent's templates (own) or every parent's (union); "
+        f"default {FuseConfig.cross_templates}",
+    )
+    head: Head | None = Field(
+        default=None,
+        description=f"fusion steps: the parents' logits add up (sum) or average (mean); default {FuseConfig.head}",
     )
 
 
@@ -179,9 +214,13 @@ class GrowthSpec(Document):
         """Whether step ``step`` fuses several parents (only the first step can)."""
         return step == 0 and len(self.parents) > 1
 
+    def steps(self) -> tuple[ResolvedStep, ...]:
+        """The growth steps with every default filled in (:func:`check_steps`; raises its located errors)."""
+        return check_steps(self, self.doc)
+
     def factors(self) -> list[int]:
         """Each step's factor, resolved (a fusion's is the number of parents; a target's from the width)."""
-        return [step.factor for step in self.growth]  # resolved in load_spec
+        return [step.factor for step in self.steps()]
 
     def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in, as plain data (what an artifact's spec.yaml holds)."""
@@ -200,10 +239,50 @@ def _number(value: float) -> str:
         return f"{text[:12]}...({len(text)} digits)"
 
 
-def check_steps(spec: GrowthSpec, doc: Located) -> None:
-    """Consistency of the steps (located errors); fills in each step's factor."""
+FUSION_KEYS = ("cross_init", "cross_scale", "cross_templates", "head")
+
+
+@dataclass(frozen=True)
+class ResolvedStep:
+    """One growth step with every default filled in: what :func:`growc.compile_spec` runs.
+
+    Exactly one of ``fuse`` (a fusion step: the first, with several parents) and ``widen`` is set; their values
+    are the spec's, and where it gives none, :class:`~growc.passes.config.FuseConfig`'s and
+    :class:`~growc.passes.config.WidenConfig`'s defaults.
+    """
+
+    index: int
+    factor: int
+    fuse: FuseConfig | None = None
+    widen: WidenConfig | None = None
+    target: TargetSpec | None = None
+
+    @property
+    def kind(self) -> Literal["fuse", "widen"]:
+        return "fuse" if self.fuse is not None else "widen"
+
+    @property
+    def method(self) -> str:
+        """The step's growth method (a fusion step's is always ``mixture``)."""
+        return "mixture" if self.widen is None else self.widen.method
+
+    def options(self) -> dict[str, Any]:
+        """The step's options as keyword arguments of :func:`growc.fuse` (a fusion step) or :func:`growc.widen`."""
+        config = self.fuse if self.fuse is not None else self.widen
+        assert config is not None
+        return config.as_dict()
+
+    def filled(self, step: StepSpec) -> StepSpec:
+        """A new ``step`` (the spec's own, unchanged) with this resolution's factor and fusion keys filled in."""
+        update: dict[str, Any] = {"factor": self.factor}
+        if self.fuse is not None:
+            update.update(self.fuse.as_dict())
+        return step.model_copy(update=update)
+
+
+def _document_issues(spec: GrowthSpec, doc: Located) -> list[SpecIssue]:
+    """The spec-wide bounds: the example input's size, the number of parents, no pretrained-weights kwargs."""
     issues = []
-    fusion_keys = ("cross_init", "cross_scale", "cross_templates", "head")
     if math.prod(spec.input.shape) > 2**28:
         issues.append(doc.issue(("input", "shape"), f"{math.prod(spec.input.shape):,} elements is more than 2**28"))
     if len(spec.parents) > MAX_PARENTS:
@@ -221,98 +300,121 @@ def check_steps(spec: GrowthSpec, doc: Located) -> None:
                         f"parents[{i}].weights",
                     )
                 )
+    return issues
+
+
+def _target_factor(spec: GrowthSpec, doc: Located, i: int, scale: int) -> tuple[int | None, list[SpecIssue]]:
+    """Step ``i``'s factor from its target width at the current ``scale`` (None, with the issue, if it has none)."""
+    step, here = spec.growth[i], ("growth", i)
+    assert step.target is not None
+    kwarg = step.target.kwarg
+    values = {repr(p.kwargs.get(kwarg)) for p in spec.parents}
+    base = spec.parents[0].kwargs.get(kwarg)
+    if len(values) != 1 or not isinstance(base, (int, float)) or isinstance(base, bool):
+        message = (
+            f"every parent must set the number kwargs.{kwarg} for a target width (got {', '.join(sorted(values))})"
+        )
+        return None, [doc.issue((*here, "target", "kwarg"), message)]
+    current = base * scale
+    try:
+        ratio = step.target.value / current
+    except (OverflowError, ZeroDivisionError):
+        ratio = math.inf
+    if not 2 <= ratio <= MAX_FACTOR or abs(ratio - round(ratio)) > 1e-9:
+        message = (
+            f"target {_number(step.target.value)} is not an integer multiple (2 to {MAX_FACTOR}) of the current "
+            f"width {_number(current)}"
+        )
+        return None, [doc.issue((*here, "target", "value"), message)]
+    if step.factor is not None and step.factor != round(ratio):
+        message = (
+            f"factor {step.factor} disagrees with target (width {_number(current)} -> {_number(step.target.value)} "
+            f"is factor {round(ratio)}): give one of them"
+        )
+        return None, [doc.issue((*here, "factor"), message)]
+    return round(ratio), []
+
+
+def _step_factor(spec: GrowthSpec, doc: Located, i: int, scale: int) -> tuple[int | None, list[SpecIssue]]:
+    """Step ``i``'s factor (None when it has none) and the issues of its keys."""
+    step, here = spec.growth[i], ("growth", i)
+    factor = step.factor
+    if step.target is not None:
+        factor, issues = _target_factor(spec, doc, i, scale)
+        if factor is None:
+            return None, issues
+    if spec.is_fusion(i):
+        n = len(spec.parents)
+        if factor is not None and factor != n:
+            where = (*here, "factor") if step.factor is not None else (*here, "target", "value")
+            return None, [doc.issue(where, f"the first step fuses the {n} parents, so its factor is {n}, not {factor}")]
+        if step.method == "mixture":
+            return n, []
+        message = (
+            "a fusion step combines the parents by mixture; choose its new blocks with cross_init (method "
+            f"'{step.method}' applies to widening one model)"
+        )
+        return n, [doc.issue((*here, "method"), message)]
+    issues = [
+        doc.issue(
+            (*here, key),
+            f"{key} applies to a fusion step (the first step, with several parents); a widening step's method "
+            "decides its new blocks",
+            key=True,
+        )
+        for key in FUSION_KEYS
+        if getattr(step, key) is not None
+    ]
+    if factor is None:
+        issues.append(doc.issue(here, "a widening step needs factor or target"))
+    return factor, issues
+
+
+def _resolve_step(spec: GrowthSpec, i: int, factor: int) -> ResolvedStep:
+    step = spec.growth[i]
+    if spec.is_fusion(i):
+        given = {key: getattr(step, key) for key in FUSION_KEYS if getattr(step, key) is not None}
+        return ResolvedStep(i, factor, fuse=FuseConfig(**given), target=step.target)
+    return ResolvedStep(i, factor, widen=WidenConfig(factor=factor, method=step.method), target=step.target)
+
+
+def check_steps(spec: GrowthSpec, doc: Located) -> tuple[ResolvedStep, ...]:
+    """The spec's growth steps, checked for consistency (every problem a located issue of one
+    :class:`~growc.spec.document.GrowcSpecError`) and resolved into new :class:`ResolvedStep` objects: each
+    factor from its target or the number of parents, a fusion step's keys from
+    :class:`~growc.passes.config.FuseConfig`'s defaults. ``spec`` is not modified."""
+    issues = _document_issues(spec, doc)
+    steps = []
     scale = 1  # the width so far, as a multiple of the parents'
     for i, step in enumerate(spec.growth):
-        here = ("growth", i)
-        fusion = spec.is_fusion(i)
-        factor = step.factor
-        if step.target is not None:
-            kwarg = step.target.kwarg
-            values = {repr(p.kwargs.get(kwarg)) for p in spec.parents}
-            base = spec.parents[0].kwargs.get(kwarg)
-            if len(values) != 1 or not isinstance(base, (int, float)) or isinstance(base, bool):
-                issues.append(
-                    doc.issue(
-                        (*here, "target", "kwarg"),
-                        f"every parent must set the number kwargs.{kwarg} for a target width (got "
-                        f"{', '.join(sorted(values))})",
-                    )
-                )
-                continue
-            current = base * scale
-            try:
-                ratio = step.target.value / current
-            except (OverflowError, ZeroDivisionError):
-                ratio = math.inf
-            if not 2 <= ratio <= MAX_FACTOR or abs(ratio - round(ratio)) > 1e-9:
-                issues.append(
-                    doc.issue(
-                        (*here, "target", "value"),
-                        f"target {_number(step.target.value)} is not an integer multiple (2 to {MAX_FACTOR}) of the "
-                        f"current width {_number(current)}",
-                    )
-                )
-                continue
-            if factor is not None and factor != round(ratio):
-                issues.append(
-                    doc.issue(
-                        (*here, "factor"),
-                        f"factor {factor} disagrees with target (width {_number(current)} -> "
-                        f"{_number(step.target.value)} is factor {round(ratio)}): give one of them",
-                    )
-                )
-                continue
-            factor = round(ratio)
-        if fusion:
-            n = len(spec.parents)
-            if factor is not None and factor != n:
-                where = (*here, "factor") if step.factor is not None else (*here, "target", "value")
-                issues.append(
-                    doc.issue(where, f"the first step fuses the {n} parents, so its factor is {n}, not {factor}")
-                )
-                continue
-            factor = n
-            if step.method != "mixture":
-                issues.append(
-                    doc.issue(
-                        (*here, "method"),
-                        f"a fusion step combines the parents by mixture; choose its new blocks with cross_init "
-                        f"(method '{step.method}' applies to widening one model)",
-                    )
-                )
-        else:
-            for key in fusion_keys:
-                if getattr(step, key) is not None:
-                    issues.append(
-                        doc.issue(
-                            (*here, key),
-                            f"{key} applies to a fusion step (the first step, with several parents); a widening "
-                            "step's method decides its new blocks",
-                            key=True,
-                        )
-                    )
-            if factor is None:
-                issues.append(doc.issue(here, "a widening step needs factor or target"))
-                continue
+        factor, found = _step_factor(spec, doc, i, scale)
+        issues += found
+        if factor is None:
+            continue
         if scale * factor > MAX_TOTAL_FACTOR:
             issues.append(
                 doc.issue(
-                    (*here, "factor") if step.factor is not None else here,
+                    ("growth", i, "factor") if step.factor is not None else ("growth", i),
                     f"the steps so far make the model {scale * factor}x wider than its parents: more than "
                     f"{MAX_TOTAL_FACTOR}x in all (about {MAX_TOTAL_FACTOR**2:,}x the weights) is refused",
                 )
             )
             break
         scale *= factor
-        step.factor = factor
-    if spec.is_fusion(0):
-        first = spec.growth[0]
-        first.cross_init = first.cross_init or "orthogonal"
-        first.cross_scale = 1.0 if first.cross_scale is None else first.cross_scale
-        first.cross_templates = first.cross_templates or "own"
-        first.head = first.head or "sum"
+        steps.append(_resolve_step(spec, i, factor))
     if issues:
         raise GrowcSpecError(issues)
+    return tuple(steps)
+
+
+def resolve_spec(spec: GrowthSpec, doc: Located) -> GrowthSpec:
+    """A new spec: ``spec`` checked (:func:`check_steps`) with every step's factor and a fusion step's keys filled
+    in, located at ``doc``. ``spec`` itself is not modified."""
+    steps = check_steps(spec, doc)
+    growth = [resolved.filled(step) for resolved, step in zip(steps, spec.growth, strict=True)]
+    resolved_spec = spec.model_copy(update={"growth": growth})
+    resolved_spec._doc = doc
+    return resolved_spec
 
 
 def load_spec(source: str | Path, *, text: str | None = None, file: str | None = None) -> GrowthSpec:
@@ -321,9 +423,7 @@ def load_spec(source: str | Path, *, text: str | None = None, file: str | None =
     ``source`` is the YAML file (or, with ``text``, the name used in messages and for relative paths).
     """
     spec, doc = load_document(source, GrowthSpec, text=text, file=file)
-    spec._doc = doc
-    check_steps(spec, doc)
-    return spec
+    return resolve_spec(spec, doc)
 
 
 def spec_json_schema() -> dict[str, Any]:
@@ -331,10 +431,6 @@ def spec_json_schema() -> dict[str, Any]:
     return GrowthSpec.json_schema("https://growc.dev/schema/growth-spec-v1.json")
 
 
-def spec_json_schema_text(kind: str = "spec") -> str:
-    """The JSON Schema of growth specs (``kind="spec"``) or recipes (``"recipe"``) as text."""
-    if kind == "recipe":
-        from growc.spec.recipe import recipe_json_schema
-
-        return json.dumps(recipe_json_schema(), indent=2) + "\n"
+def spec_json_schema_text() -> str:
+    """The JSON Schema of growth specs as text (what specs/growc.schema.json holds)."""
     return json.dumps(spec_json_schema(), indent=2) + "\n"

@@ -7,6 +7,7 @@ schedule); plus the data set, the checkpoint cadence and the output folder. docs
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,7 +16,7 @@ from pydantic import Field, field_validator
 
 from growc.spec.data import DataSpec, synthetic_size_problem
 from growc.spec.document import Document, GrowcSpecError, SpecModel, exact_int, load_document
-from growc.spec.growth import GrowthSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, check_steps, load_spec
+from growc.spec.growth import GrowthSpec, ParentSpec, StepSpec, TemplateSpec, TraceSpec, load_spec, resolve_spec
 
 __all__ = [
     "OptimizerSpec",
@@ -25,6 +26,7 @@ __all__ = [
     "growth_spec",
     "load_recipe",
     "recipe_json_schema",
+    "recipe_json_schema_text",
     "sample_shape",
 ]
 
@@ -125,8 +127,8 @@ def growth_spec(recipe: RecipeSpec) -> GrowthSpec:
         inline = [k for k in ("parents", "growth") if getattr(section, k) is not None]
         if inline:
             raise doc.error(("grow", inline[0]), "give grow.spec or an inline growth, not both", key=True)
-        spec = load_spec(recipe.base_dir / section.spec)
-        spec.seed = recipe.seed  # the recipe's seed rules its runs (e.g. one run per seed from one growth spec)
+        # the recipe's seed rules its runs (e.g. one run per seed from one growth spec)
+        spec = load_spec(recipe.base_dir / section.spec).model_copy(update={"seed": recipe.seed})
         if list(spec.input.shape[1:]) != shape[1:]:
             raise doc.error(
                 ("grow", "spec"),
@@ -148,12 +150,11 @@ def growth_spec(recipe: RecipeSpec) -> GrowthSpec:
         "growth": [s.model_dump() for s in section.growth or []],
     }
     spec = GrowthSpec.model_validate(data)
-    spec._doc = doc.sub(("grow",))
+    located = doc.sub(("grow",))
     for i, parent in enumerate(spec.parents):
         if parent.weights is not None:
-            raise spec.doc.error(("parents", i, "weights"), "a recipe trains its parents: weights must be null")
-    check_steps(spec, spec.doc)
-    return spec
+            raise located.error(("parents", i, "weights"), "a recipe trains its parents: weights must be null")
+    return resolve_spec(spec, located)
 
 
 def load_recipe(source: str | Path, *, text: str | None = None, file: str | None = None) -> RecipeSpec:
@@ -186,6 +187,11 @@ def load_recipe(source: str | Path, *, text: str | None = None, file: str | None
 def recipe_json_schema() -> dict[str, Any]:
     """The JSON Schema of recipes (``growc schema --recipe``)."""
     return RecipeSpec.json_schema("https://growc.dev/schema/recipe-v1.json")
+
+
+def recipe_json_schema_text() -> str:
+    """The JSON Schema of recipes as text (what specs/recipes/growc.recipe.schema.json holds)."""
+    return json.dumps(recipe_json_schema(), indent=2) + "\n"
 
 
 def lr_at(step: int, total: int, per_epoch: int, phase: PhaseSpec) -> float:
