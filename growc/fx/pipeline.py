@@ -27,7 +27,7 @@ def finish_pass(gm: fx.GraphModule, name: str, report: dict[str, Any]) -> fx.Gra
     """Lint and recompile ``gm``'s graph and record ``report`` as the result of pass ``name``.
 
     A graph that owns template banks gets the step markers
-    (:func:`growc.runtime.layers.begin_step`/``end_step``) that let each bank generate its weights once per forward."""
+    (:func:`growc.runtime.markers.begin_step`/``end_step``) that let each bank generate its weights once per forward."""
     from growc.runtime.markers import add_step_markers
 
     try:
