@@ -78,7 +78,7 @@ from growc.runtime.markers import strip_step_markers
 from .config import CrossInit, CrossTemplates, FuseConfig, FusionConfig, Head, TemplatizeConfig
 from .templatize import templatize
 
-__all__ = ["CrossInit", "FusionResult", "fuse", "fuse_templated", "verify_fusion"]
+__all__ = ["CrossInit", "FusionResult", "fuse", "fuse_owned", "fuse_templated", "verify_fusion"]
 
 _GRID_OF: dict[type[nn.Module], type[nn.Module]] = {
     MixedConv1d: GridConv1d,
@@ -620,7 +620,7 @@ def fuse(
         for i, p in enumerate(parents)
     ]
     parent_params = [sum(p.numel() for p in t.parameters()) for t in templated]
-    fusion = _fuse_owned(templated, example_inputs, config.fusion(seed))  # fuse's own copies: no second copy
+    fusion = fuse_owned(templated, example_inputs, config.fusion(seed))  # fuse's own copies: no second copy
     gm = fusion.module
     report: dict[str, Any] = {
         "parents": len(parents),
@@ -662,11 +662,17 @@ def fuse_templated(
     Never modifies ``templated``: the parents are deep-copied together first (so parents that share banks, as a
     widening's do, still share them in the copy) and the result shares no module, parameter or buffer with them.
     """
-    return _fuse_owned(copy.deepcopy(list(templated)), example_inputs, config)
+    return fuse_owned(copy.deepcopy(list(templated)), example_inputs, config)
 
 
-def _fuse_owned(templated: list[fx.GraphModule], example_inputs: tuple[Any, ...], config: FusionConfig) -> FusionResult:
-    """:func:`fuse_templated` on parents this module made for the call (they become the result's parts)."""
+def fuse_owned(templated: list[fx.GraphModule], example_inputs: tuple[Any, ...], config: FusionConfig) -> FusionResult:
+    """:func:`fuse_templated` without the copy, for parents the caller made for this call and hands over.
+
+    The ownership contract: every parent must be the caller's own fresh object (a copy or a new templatization,
+    never an object its own caller gave it), and it belongs to the result afterwards: its banks gain the new rows
+    and become the result's, its modules may be the result's fallback modules, its graph loses its step markers.
+    :func:`growc.fuse` and :func:`growc.widen` pass only the copies they made, so no caller's object is ever
+    modified, and the copy :func:`fuse_templated` would make is not paid twice."""
     for parent in templated:
         strip_step_markers(parent.graph)
         parent.recompile()

@@ -35,7 +35,7 @@ from growc.runtime.init import fresh_bank, orthogonal_row
 from growc.runtime.layers import GRID_TYPES, MIXED_TYPES
 
 from .config import FusionConfig, Method, TemplatizeConfig, WidenConfig
-from .fuse import fuse_templated, verify_fusion
+from .fuse import fuse_owned, verify_fusion
 from .templatize import templatize
 
 __all__ = ["fusion_config", "widen"]
@@ -127,7 +127,7 @@ def widen(
     check_finite_state(model, "widen")
     check_growth_size("widen", f"factor={config.factor}", config.factor * config.factor, model)
     base = (
-        copy.deepcopy(model)  # mixture adds rows to its banks
+        copy.deepcopy(model)
         if is_templatized(model)
         else templatize(model, example_inputs, seed=seed, verify=verify, **options.kwargs())
     )
@@ -137,7 +137,8 @@ def widen(
             "check templates.layers); choose method net2net, random or zero, or select layers to templatize"
         )
     params_before = sum(p.numel() for p in base.parameters())
-    fusion = fuse_templated(_parents(base, config, seed), example_inputs, fusion_config(config, seed))
+    # the parents are widen's own copies (base is one, or a new templatization): handed over, not copied again
+    fusion = fuse_owned(_parents(base, config, seed), example_inputs, fusion_config(config, seed))
     gm = fusion.module
     report: dict[str, Any] = {
         "method": config.method,
