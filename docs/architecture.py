@@ -232,6 +232,23 @@ def package_edges() -> list[tuple[str, str]]:
     return sorted(edges)
 
 
+def registry_summary() -> list[tuple[str, int]]:
+    """The built-in op rules by kind, most entries first: ``[("Unary", 50), ...]`` (read from the registry)."""
+    from collections import Counter
+
+    from growc.fx.registry import op_rules
+
+    kinds = Counter(type(entry.rule).__name__ for entry in op_rules().values() if entry.builtin)
+    return sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _registry_label(per_line: int = 4) -> str:
+    kinds = [f"{name} {count}" for name, count in registry_summary()]
+    rows = [", ".join(kinds[i : i + per_line]) for i in range(0, len(kinds), per_line)]
+    total = sum(count for _, count in registry_summary())
+    return "\n".join([f"op registry (growc.fx.registry): {total} built-in rules", *rows])
+
+
 def dot() -> str:
     """The layer diagram as Graphviz DOT: one row per layer (lowest at the bottom), its packages' modules, and
     the package-level import edges."""
@@ -254,6 +271,9 @@ def dot() -> str:
         lines.append("  }")
     for a, b in package_edges():
         lines.append(f'  "{a}" -> "{b}";')
+    lines.append(f'  "op registry" [shape=note, label="{_registry_label()}"];')
+    lines.append('  "growc.passes" -> "op registry" [style=dashed, label="channels, fuse: rule_for(node)"];')
+    lines.append('  "growc" -> "op registry" [style=dashed, label="register_op (users)"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -292,6 +312,15 @@ def figure():  # a matplotlib Figure (matplotlib is imported lazily)
             ax.text(x, y + band / 2, text, fontsize=7, ha="center", va="center",
                     bbox={"boxstyle": "round", "fc": "white", "ec": "#336699"})  # fmt: skip
             centers[package] = (x, y + band / 2)
+    fx_rank = next(i for i, layer in enumerate(LAYERS) if layer[0] == "fx")
+    registry = (width - 2.4, fx_rank * band + band / 2)
+    ax.text(*registry, _registry_label(per_line=3), fontsize=6, ha="center", va="center", family="monospace",
+            bbox={"boxstyle": "round", "fc": "#fff8e0", "ec": "#cc9933"})  # fmt: skip
+    for source, label in (("growc.passes", "rule_for(node)"), ("growc", "register_op")):
+        (xs, ys) = centers[source]
+        arrow = {"arrowstyle": "->", "color": "#cc9933", "lw": 0.8, "ls": "--"}
+        ax.annotate(label, xy=(registry[0], registry[1] + 0.35), xytext=(xs + 0.9, ys - 0.25), fontsize=6,
+                    color="#aa7722", arrowprops=arrow)  # fmt: skip
     base = set(LAYERS[0][1])
     for a, b in package_edges():
         if b in base or a == "growc":  # every layer may use the base; the root re-exports the public API
