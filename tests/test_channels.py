@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import growc
-from growc.models.zoo import WideResNet
+from growc.models import WideResNet
 from growc.testing import ALL_FEATURES, cnn_models
 
 NO_RANDOMNESS = ALL_FEATURES - {"dropout"}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import growc
-from growc.models.zoo import WideResNet
+from growc.models import WideResNet
 from growc.runtime.layers import GridConv2d, GridLinear
 from growc.testing import ALL_FEATURES, assert_same_function, cnn_models
 from helpers import assert_unchanged, snapshot
