@@ -314,6 +314,20 @@ def test_a_method_can_be_registered_and_a_builtin_replaced_then_restored() -> No
     assert growc.op_rules()[("method", "relu")].builtin
 
 
+@pytest.mark.parametrize("order", ["last first", "first first"])
+def test_stacked_replacements_unregistered_in_any_order_restore_the_builtin(order: str) -> None:
+    builtin = growc.op_rules()[("method", "relu")]
+    a = growc.register_op("relu", "opaque", replace=True)
+    b = growc.register_op("relu", "elementwise", replace=True)
+    assert growc.op_rules()[("method", "relu")].rule.kind == "elementwise"
+    first, second = (b, a) if order == "last first" else (a, b)
+    first.unregister()
+    first.unregister()  # idempotent
+    assert growc.op_rules()[("method", "relu")].rule.kind == ("opaque" if order == "last first" else "elementwise")
+    second.unregister()
+    assert growc.op_rules()[("method", "relu")] is builtin
+
+
 def test_registration_errors_and_unregister() -> None:
     with pytest.raises(growc.GrowcConfigError, match=r"Tensor\.relu already has a rule"):
         growc.register_op("relu", "unary")

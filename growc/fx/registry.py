@@ -1111,14 +1111,18 @@ class OpHandle:
         self.entry = _RULES[key]
 
     def unregister(self) -> None:
-        """Remove this registration, restoring the entry it replaced (if any); idempotent."""
-        if _RULES.get(self.key) is not self.entry:
-            return
-        previous = _SHADOWED.get(self.key)
-        if previous:
-            _RULES[self.key] = previous.pop()
+        """Remove this registration, restoring the entry it replaced (if any); idempotent. A registration that a
+        later one shadows is taken out from under it, so unregistering in any order ends at the built-in."""
+        stack = _SHADOWED.get(self.key, [])
+        if _RULES.get(self.key) is self.entry:
+            if stack:
+                _RULES[self.key] = stack.pop()
+            else:
+                del _RULES[self.key]
         else:
-            del _RULES[self.key]
+            _SHADOWED[self.key] = stack = [entry for entry in stack if entry is not self.entry]
+        if not stack:
+            _SHADOWED.pop(self.key, None)
 
     def __enter__(self) -> OpHandle:
         return self
