@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from growc.spec.document import GrowcSpecError
-from growc.spec.growth import GrowthSpec, load_spec, spec_json_schema, spec_json_schema_text
+from growc.spec.growth import GrowthSpec, load_spec, resolve_spec, spec_json_schema, spec_json_schema_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,15 @@ def test_a_minimal_spec_gets_every_default() -> None:
         "sum",
     )
     assert spec.output is None
+
+
+def test_resolving_a_spec_shares_nothing_with_the_spec_it_came_from() -> None:
+    spec = load_spec("spec.yaml", text=VALID)
+    resolved = resolve_spec(spec, spec.doc)
+    assert resolved is not spec and resolved.parents is not spec.parents and resolved.growth is not spec.growth
+    resolved.parents[0].kwargs["width"] = 999
+    resolved.growth[0].factor = 7
+    assert spec.parents[0].kwargs.get("width") != 999 and spec.growth[0].factor != 7
 
 
 def test_target_width_resolves_the_factor_through_every_step() -> None:

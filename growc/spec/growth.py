@@ -277,7 +277,7 @@ class ResolvedStep:
         update: dict[str, Any] = {"factor": self.factor}
         if self.fuse is not None:
             update.update(self.fuse.as_dict())
-        return step.model_copy(update=update)
+        return step.model_copy(update=update, deep=True)
 
 
 def _document_issues(spec: GrowthSpec, doc: Located) -> list[SpecIssue]:
@@ -412,7 +412,7 @@ def resolve_spec(spec: GrowthSpec, doc: Located) -> GrowthSpec:
     in, located at ``doc``. ``spec`` itself is not modified."""
     steps = check_steps(spec, doc)
     growth = [resolved.filled(step) for resolved, step in zip(steps, spec.growth, strict=True)]
-    resolved_spec = spec.model_copy(update={"growth": growth})
+    resolved_spec = spec.model_copy(update={"growth": growth}, deep=True)
     resolved_spec._doc = doc
     return resolved_spec
 
