@@ -76,6 +76,23 @@ def _resolve(importer: str, is_package: bool, level: int, module: str | None) ->
     return ".".join(base + ([module] if module else []))
 
 
+def _dynamic_import(node: ast.AST) -> str | None:
+    """The module a ``importlib.import_module("...")`` or ``__import__("...")`` call names, if a constant."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return None
+    if ast.unparse(node.func) not in ("importlib.import_module", "import_module", "__import__"):
+        return None
+    return node.args[0].value if isinstance(node.args[0].value, str) else None
+
+
+def readers(files: dict[str, Path] | None = None) -> dict[str, Path]:
+    """growc's modules and the test modules (``tests.test_x``): everything that must not reach into privates."""
+    out = dict(files or module_files())
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        out[f"tests.{path.stem}"] = path
+    return out
+
+
 def imports(files: dict[str, Path] | None = None) -> list[Import]:
     """Every import of a growc module by a growc module, module-level and lazy alike."""
     files = files or module_files()
@@ -92,7 +109,10 @@ def imports(files: dict[str, Path] | None = None) -> list[Import]:
         }
         for node in ast.walk(tree):
             lazy = getattr(node, "lineno", 0) in lazy_lines
-            if isinstance(node, ast.Import):
+            dynamic = _dynamic_import(node)
+            if dynamic is not None and dynamic.split(".")[0] == "growc":  # importlib.import_module / __import__
+                out.append(Import(importer, dynamic, None, node.lineno, True))
+            elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.split(".")[0] == "growc":
                         out.append(Import(importer, alias.name, None, node.lineno, lazy))
@@ -109,29 +129,62 @@ def imports(files: dict[str, Path] | None = None) -> list[Import]:
     return out
 
 
+def _module_aliases(tree: ast.AST, reader: str, is_package: bool, files: dict[str, Path]) -> dict[str, str]:
+    """Names bound to growc modules in a file: ``import growc.x as y`` -> ``y``, ``import growc.x`` -> ``growc``,
+    ``from growc import x`` (a module) -> ``x``."""
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("growc"):
+                    aliases[alias.asname or "growc"] = alias.name if alias.asname else "growc"
+        elif isinstance(node, ast.ImportFrom):
+            source = _resolve(reader, is_package, node.level, node.module)
+            for alias in node.names:
+                if f"{source}.{alias.name}" in files:
+                    aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
+    return aliases
+
+
+def _private_reach(node: ast.AST, aliases: dict[str, str], files: dict[str, Path]) -> str | None:
+    """``module._name`` when ``node`` reaches a module-level private name of a growc module, else None."""
+
+    def module_of(expr: ast.AST) -> str | None:
+        head, _, rest = ast.unparse(expr).partition(".")
+        dotted = aliases.get(head, "") + ("." + rest if rest else "")
+        return dotted if dotted in files else None
+
+    if isinstance(node, ast.Attribute) and _private(node.attr):
+        module = module_of(node.value)
+        return f"{module}.{node.attr}" if module else None
+    if isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "setattr", "hasattr"):
+        if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and _private(node.args[1].value):
+            module = module_of(node.args[0])
+            return f"{module}.{node.args[1].value}" if module else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("growc."):
+        module, _, name = node.value.rpartition(".")
+        return node.value if module in files and _private(name) else None
+    return None
+
+
 def private_attribute_uses(files: dict[str, Path] | None = None) -> list[tuple[str, int, str]]:
-    """``(importer, line, "module._name")`` for every ``alias._name`` where ``alias`` is a growc module."""
+    """``(reader, line, "module._name")`` wherever growc's code or tests reach a module-level private name of
+    another growc module: ``alias._name`` (through ``import growc`` and dotted paths too), ``getattr(alias,
+    "_name")``, or a string target such as ``monkeypatch.setattr("growc.cli._schema", ...)``."""
     files = files or module_files()
     out = []
-    for importer, path in files.items():
+    for reader, path in readers(files).items():
         tree = ast.parse(path.read_text(), filename=str(path))
-        aliases: dict[str, str] = {}
+        aliases = _module_aliases(tree, reader, path.name == "__init__.py", files)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name.startswith("growc"):
-                        aliases[alias.asname or alias.name] = alias.name
-            elif isinstance(node, ast.ImportFrom):
-                source = _resolve(importer, path.name == "__init__.py", node.level, node.module)
-                for alias in node.names:
-                    if f"{source}.{alias.name}" in files:
-                        aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-                dotted = ast.unparse(node.value)
-                if dotted in aliases and aliases[dotted] != importer:
-                    out.append((importer, node.lineno, f"{aliases[dotted]}.{node.attr}"))
+            found = _private_reach(node, aliases, files)
+            if found and found.rpartition(".")[0] != reader:
+                out.append((reader, node.lineno, found))
     return out
+
+
+def _private(name: object) -> bool:
+    return isinstance(name, str) and name.startswith("_") and not name.startswith("__")
 
 
 def _private_members(files: dict[str, Path]) -> dict[str, set[str]]:
@@ -169,11 +222,8 @@ def private_member_uses(files: dict[str, Path] | None = None) -> list[tuple[str,
     module defines (an attribute, or ``getattr``/``setattr``/``hasattr`` by name)."""
     files = files or module_files()
     defined = _private_members(files)
-    readers = dict(files)
-    for path in sorted((ROOT / "tests").glob("*.py")):
-        readers[f"tests.{path.stem}"] = path
     out = []
-    for module, path in readers.items():
+    for module, path in readers(files).items():
         for node in ast.walk(ast.parse(path.read_text())):
             name = None
             if isinstance(node, ast.Attribute):

@@ -32,8 +32,9 @@ def test_no_upward_import_no_cycle_no_private_name_across_modules():
 
 
 def test_the_checker_sees_what_it_must_refuse(tmp_path, monkeypatch):
-    """The checker is not vacuous: an upward import, a cycle, a private import and private members used from
-    another module (by attribute and by ``getattr``, in code and in tests) are all found in a scratch tree."""
+    """The checker is not vacuous: an upward import (static or through ``importlib``), a cycle, a private import,
+    private names reached from a test (by attribute, through ``import growc``, as a monkeypatch target) and private
+    members used from another module (by attribute and by ``getattr``) are all found in a scratch tree."""
     (tmp_path / "growc" / "runtime").mkdir(parents=True)
     (tmp_path / "growc" / "fx").mkdir()
     (tmp_path / "passes").mkdir()
@@ -46,14 +47,22 @@ def test_the_checker_sees_what_it_must_refuse(tmp_path, monkeypatch):
     )
     (tmp_path / "growc" / "fx" / "b.py").write_text("from growc.runtime.a import _hidden\n\n\nseen = bank._epoch\n")
     (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_a.py").write_text("def test_it(layer):\n    assert getattr(layer, '_epoch') == 0\n")
+    (tmp_path / "tests" / "test_a.py").write_text(
+        "import growc\n\n\ndef test_it(layer, monkeypatch):\n    assert getattr(layer, '_epoch') == 0\n"
+        "    monkeypatch.setattr('growc.runtime.a._table', {})\n    assert growc.runtime.a._table == {}\n"
+    )
+    (tmp_path / "growc" / "runtime" / "c.py").write_text("import importlib\n\nimportlib.import_module('growc.cli')\n")
+    (tmp_path / "growc" / "cli.py").write_text("")
     monkeypatch.setattr(ARCH, "ROOT", tmp_path)
     found = "\n".join(ARCH.violations())
     assert "growc.runtime.a:1 (runtime) imports growc.fx.b (fx): layers import only downward" in found
     assert "growc.fx.b:1 imports the private name growc.runtime.a._hidden" in found
     assert "import cycle: growc.fx.b <-> growc.runtime.a" in found
     assert "growc.fx.b:4 uses ._epoch (a private member of growc.runtime.a)" in found
-    assert "tests.test_a:2 uses ._epoch (a private member of growc.runtime.a)" in found
+    assert "tests.test_a:5 uses ._epoch (a private member of growc.runtime.a)" in found
+    assert "tests.test_a:6 uses the private name growc.runtime.a._table" in found  # a monkeypatch target
+    assert "tests.test_a:7 uses the private name growc.runtime.a._table" in found  # through `import growc`
+    assert "growc.runtime.c:3 (runtime) imports growc.cli (interface): layers import only downward" in found
 
 
 def test_the_checked_in_diagram_is_the_one_the_source_draws():

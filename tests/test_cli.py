@@ -410,10 +410,10 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_path(
 def test_a_raw_os_error_is_one_line_with_the_path_and_its_reason(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def fail(args: object) -> int:
+    def fail() -> str:
         raise PermissionError(errno.EACCES, "Permission denied", "/some/where")
 
-    monkeypatch.setattr("growc.cli._schema", fail)
+    monkeypatch.setattr("growc.spec.growth.spec_json_schema_text", fail)
     assert main(["schema"]) == 1
     assert capsys.readouterr().err == (
         "growc schema: error: '/some/where': Permission denied: check the folder's permissions\n"
@@ -423,10 +423,10 @@ def test_a_raw_os_error_is_one_line_with_the_path_and_its_reason(
 def test_a_growc_error_of_several_lines_is_printed_as_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def fail(args: object) -> int:
+    def fail() -> str:
         raise growc.GrowcError("first problem\nsecond problem\x1b[2J\n")
 
-    monkeypatch.setattr("growc.cli._schema", fail)
+    monkeypatch.setattr("growc.spec.growth.spec_json_schema_text", fail)
     assert main(["schema"]) == 1
     assert capsys.readouterr().err == "growc schema: error: first problem; second problem\\x1b[2J\n"
 
@@ -434,10 +434,10 @@ def test_a_growc_error_of_several_lines_is_printed_as_one(
 def test_any_other_exception_is_one_internal_error_line_and_debug_shows_the_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def fail(args: object) -> int:
+    def fail() -> str:
         raise ValueError("boom\nagain")
 
-    monkeypatch.setattr("growc.cli._schema", fail)
+    monkeypatch.setattr("growc.spec.growth.spec_json_schema_text", fail)
     line = (
         "growc schema: internal error: ValueError: boom; again (this is a bug in growc; rerun with --debug for the "
         "traceback)\n"
@@ -463,10 +463,10 @@ def test_debug_shows_the_traceback_of_a_growc_error_too(capsys: pytest.CaptureFi
 
 
 def test_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def fail(args: object) -> int:
+    def fail() -> str:
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried")
 
-    monkeypatch.setattr("growc.cli._schema", fail)
+    monkeypatch.setattr("growc.spec.growth.spec_json_schema_text", fail)
     assert main(["schema"]) == 1
     line = _one_error_line(capsys.readouterr().err, "schema")
     assert line.startswith("growc schema: error: out of memory: ")
@@ -474,10 +474,10 @@ def test_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pyte
 
 
 def test_ctrl_c_is_exit_130_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def interrupt(args: object) -> int:
+    def interrupt() -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("growc.cli._schema", interrupt)
+    monkeypatch.setattr("growc.spec.growth.spec_json_schema_text", interrupt)
     assert main(["schema"]) == 130
     assert capsys.readouterr().err == "growc schema: interrupted; nothing was written\n"
 
@@ -555,19 +555,19 @@ def test_warnings_are_one_line_each_and_an_error_stays_one_line(
 ) -> None:
     import warnings
 
-    def warn(args: object) -> int:
+    def warn() -> str:
         warnings.warn("careful\nnow", UserWarning, stacklevel=1)
         warnings.warn("careful\nnow", UserWarning, stacklevel=1)  # the same warning twice: printed once
-        return 0
+        return "{}\n"
 
-    def warn_then_fail(args: object) -> int:
+    def warn_then_fail() -> str:
         warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=1)
         raise growc.GrowcError("the model fails")
 
-    monkeypatch.setattr("growc.cli._schema", warn)
+    monkeypatch.setattr("growc.spec.growth.spec_json_schema_text", warn)
     assert main(["schema"]) == 0
     assert capsys.readouterr().err == "growc schema: warning: UserWarning: careful; now\n"
-    monkeypatch.setattr("growc.cli._schema", warn_then_fail)
+    monkeypatch.setattr("growc.spec.growth.spec_json_schema_text", warn_then_fail)
     assert main(["schema"]) == 1
     assert capsys.readouterr().err == "growc schema: error: the model fails\n"
     assert main(["schema", "--debug"]) == 1
