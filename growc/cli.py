@@ -30,7 +30,7 @@ import torch
 from growc.compile.build import ARTIFACT_FILES, DTYPES
 from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcIOError
 from growc.models.zoo import BUILTIN_NAMES, default_input_shape, is_safe_reference, resolve_model
-from growc.passes.config import Init, Sharing, TemplatizeConfig
+from growc.passes.config import SEED, Init, Sharing, TemplatizeConfig
 
 __all__ = ["format_templatize_report", "main"]
 
@@ -269,8 +269,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed",
         type=_bounded(0, MAX_SEED),
-        default=0,
-        help="seed of every random draw, the example input too (default 0)",
+        default=SEED,
+        help=f"seed of every random draw, the example input too (default {SEED})",
     )
     p.add_argument(
         "--leaf",

@@ -26,6 +26,8 @@ from growc.fx.checks import check_seed, positive_int
 
 __all__ = [
     "CROSS_INITS",
+    "SEED",
+    "VERIFY",
     "CrossInit",
     "CrossTemplates",
     "FuseConfig",
@@ -67,6 +69,12 @@ def _check_choice(name: str, value: Any, kind: Any) -> None:
 def _check_finite(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise GrowcConfigError(f"{name} must be a finite number, got {value!r}")
+
+
+#: The default ``seed`` of every pass (templatize, fuse, widen) and of ``growc templatize --seed``.
+SEED = 0
+#: Whether a pass checks its output against its input by default (``verify``).
+VERIFY = True
 
 
 @dataclass(frozen=True)
@@ -221,11 +229,11 @@ class FusionConfig:
             (a zero widening keeps every block from new channels into parent 0's at zero).
     """
 
-    cross_init: CrossInit = "orthogonal"
-    cross_scale: float = 1.0
-    cross_templates: CrossTemplates = "own"
-    head: Readout = "sum"
-    seed: int = 0
+    cross_init: CrossInit = FuseConfig.cross_init
+    cross_scale: float = FuseConfig.cross_scale
+    cross_templates: CrossTemplates = FuseConfig.cross_templates
+    head: Readout = FuseConfig.head
+    seed: int = SEED
     interior_scale: float = 1.0
     copy_noise: float = 0.01
     block_inits: tuple[tuple[tuple[int, int], CrossInit], ...] = ()

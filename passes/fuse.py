@@ -75,7 +75,7 @@ from growc.runtime.layers import (
 )
 from growc.runtime.markers import strip_step_markers
 
-from .config import CrossInit, CrossTemplates, FuseConfig, FusionConfig, Head, TemplatizeConfig
+from .config import SEED, VERIFY, CrossInit, CrossTemplates, FuseConfig, FusionConfig, Head, TemplatizeConfig
 from .templatize import templatize
 
 __all__ = ["CrossInit", "FusionResult", "fuse", "fuse_owned", "fuse_templated", "verify_fusion"]
@@ -573,9 +573,9 @@ def fuse(
     cross_scale: float = FuseConfig.cross_scale,
     cross_templates: CrossTemplates = FuseConfig.cross_templates,
     head: Head = FuseConfig.head,
-    seed: int = 0,
+    seed: int = SEED,
     templatize_options: dict[str, Any] | None = None,
-    verify: bool = True,
+    verify: bool = VERIFY,
 ) -> fx.GraphModule:
     """Fuse n >= 2 parents of one architecture into one wider GraphModule (see the module docstring).
 

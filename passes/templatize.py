@@ -74,7 +74,7 @@ from growc.runtime.layers import (
 )
 from growc.runtime.markers import strip_step_markers
 
-from .config import Init, Sharing, TemplatizeConfig
+from .config import SEED, VERIFY, Init, Sharing, TemplatizeConfig
 
 __all__ = ["EXACT_TOLERANCE", "layer_matches", "templatable_weights", "templatize"]
 
@@ -726,12 +726,12 @@ def templatize(
     sharing: Sharing = TemplatizeConfig.sharing,
     templates: int = TemplatizeConfig.templates,
     init: Init = TemplatizeConfig.init,
-    seed: int = 0,
+    seed: int = SEED,
     window: int = TemplatizeConfig.window,
     leaf_modules: Sequence[type[nn.Module] | str] = TemplatizeConfig.leaf_modules,
     autowrap_functions: Sequence[Callable[..., Any]] = TemplatizeConfig.autowrap_functions,
     concrete_args: dict[str, Any] | None = TemplatizeConfig.concrete_args,
-    verify: bool = True,
+    verify: bool = VERIFY,
     layers: Sequence[str] | None = TemplatizeConfig.layers,
 ) -> fx.GraphModule:
     """Return a new GraphModule in which every weight is generated from a bank of templates.

@@ -34,7 +34,7 @@ from growc.fx.pipeline import finish_pass
 from growc.runtime.init import fresh_bank, orthogonal_row
 from growc.runtime.layers import GRID_TYPES, MIXED_TYPES
 
-from .config import FusionConfig, Method, TemplatizeConfig, WidenConfig
+from .config import SEED, VERIFY, FusionConfig, Method, TemplatizeConfig, WidenConfig
 from .fuse import fuse_owned, verify_fusion
 from .templatize import templatize
 
@@ -108,9 +108,9 @@ def widen(
     *,
     factor: int = WidenConfig.factor,
     method: Method = WidenConfig.method,
-    seed: int = 0,
+    seed: int = SEED,
     templatize_options: dict[str, Any] | None = None,
-    verify: bool = True,
+    verify: bool = VERIFY,
 ) -> fx.GraphModule:
     """Return ``model`` grown ``factor`` times wider by ``method`` (see the module docstring).
 
