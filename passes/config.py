@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from growc.errors import GrowcConfigError
 from growc.fx.checks import check_seed, positive_int
+from growc.fx.trace import Capture
 
 __all__ = [
     "CROSS_INITS",
@@ -92,6 +93,10 @@ class TemplatizeConfig:
     autowrap_functions: Sequence[Callable[..., Any]] = ()
     concrete_args: dict[str, Any] | None = None
     layers: Sequence[str] | None = None
+    #: how a plain model is captured (:func:`growc.trace`): ``"auto"``, ``"fx"`` or ``"export"``
+    capture: Capture = "auto"
+    #: export only: dims made dynamic (``True``: batch, and sequence for integer inputs; ``False``: none)
+    dynamic: Any = True
     #: the options a caller gave explicitly (in order), for reports; not part of the config's value
     given: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
@@ -105,6 +110,8 @@ class TemplatizeConfig:
         "autowrap_functions",
         "concrete_args",
         "layers",
+        "capture",
+        "dynamic",
     )
     #: the options every growth report lists, given or not
     REPORTED: ClassVar[tuple[str, ...]] = ("sharing", "templates", "init")
@@ -112,6 +119,12 @@ class TemplatizeConfig:
     def __post_init__(self) -> None:
         _check_choice("sharing", self.sharing, Sharing)
         _check_choice("init", self.init, Init)
+        _check_choice("capture", self.capture, Capture)
+        if not isinstance(self.dynamic, bool) and not (
+            isinstance(self.dynamic, Sequence)
+            and all(d is None or (isinstance(d, Sequence) and all(isinstance(i, int) for i in d)) for d in self.dynamic)
+        ):
+            raise GrowcConfigError(f"dynamic must be true, false or a list of dims per input, got {self.dynamic!r}")
         object.__setattr__(self, "templates", positive_int("templates", self.templates))
         object.__setattr__(self, "window", positive_int("window", self.window))
 

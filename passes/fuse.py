@@ -55,9 +55,9 @@ from growc.fx.checks import (
     checked_outputs,
     is_templatized,
 )
+from growc.fx.graphs import attribute_owner, graph_module
 from growc.fx.pipeline import finish_pass
 from growc.fx.registry import FuseValue, ValueKind, has_state, has_tensor, rule_for, tensor_info
-from growc.fx.trace import attribute_owner, graph_module
 from growc.runtime.grid_layout import CrossBlock, Layout, head_layout, interior_layout, stem_layout
 from growc.runtime.init import orthogonal_row
 from growc.runtime.layers import (
@@ -114,6 +114,8 @@ class _Fuser:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.root = nn.Module()
         self.graph = fx.Graph()
+        # the parents' input and output structure (a graph from torch.export flattens and rebuilds pytrees)
+        self.graph.set_codegen(copy.deepcopy(parents[0].graph._codegen))
         self.env: dict[fx.Node, _Value] = {}
         self.fallbacks: list[dict[str, str]] = []
         self.lifts: list[dict[str, Any]] = []

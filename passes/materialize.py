@@ -27,8 +27,8 @@ from torch.nn.utils import parametrize
 
 from growc.errors import GrowcConfigError
 from growc.fx.analysis import check_finite_state
+from growc.fx.graphs import attribute_owner
 from growc.fx.pipeline import finish_pass
-from growc.fx.trace import attribute_owner
 from growc.runtime.layers import GRID_TYPES, MIXED_TYPES, MixedWeight
 from growc.runtime.markers import strip_step_markers
 

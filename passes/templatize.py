@@ -59,8 +59,10 @@ from growc.fx.checks import (
     format_bytes,
     size_bound,
 )
+from growc.fx.export import Dynamic, captured_by_export, is_aten_graph
+from growc.fx.graphs import attribute_owner, graph_module
 from growc.fx.pipeline import finish_pass
-from growc.fx.trace import attribute_owner, graph_module, trace
+from growc.fx.trace import Capture, trace
 from growc.runtime.init import fan_in as _fan_in  # the fan-in rule (matmul weights are [..., in, out])
 from growc.runtime.init import kaiming_templates, orthogonal_coefficients
 from growc.runtime.layers import (
@@ -566,7 +568,8 @@ def _copy_for_rewrite(model: nn.Module, traced: fx.GraphModule, layers: Sequence
     """
     replaced, _ = _selected(traced, layers)
     memo: dict[int, Any] = {id(w.param): w.param for w in replaced}
-    root = copy.deepcopy(model, memo)
+    # an export capture holds modules the model does not (raised or mode-aware ones): copy the capture instead
+    root = copy.deepcopy(traced if traced is not model and captured_by_export(traced) else model, memo)
     gm = graph_module(root, copy.deepcopy(traced.graph), traced.__class__.__name__)
     strip_step_markers(gm.graph)  # finish_pass puts them back where banks are
     gm.meta = copy.deepcopy(traced.meta)
@@ -733,6 +736,8 @@ def templatize(
     concrete_args: dict[str, Any] | None = TemplatizeConfig.concrete_args,
     verify: bool = VERIFY,
     layers: Sequence[str] | None = TemplatizeConfig.layers,
+    capture: Capture = TemplatizeConfig.capture,
+    dynamic: Dynamic = TemplatizeConfig.dynamic,
 ) -> fx.GraphModule:
     """Return a new GraphModule in which every weight is generated from a bank of templates.
 
@@ -746,7 +751,8 @@ def templatize(
             templates, orthogonal coefficients).
         seed: seeds every random draw (extra templates, fresh init).
         window: bank size for ``shape_window``.
-        leaf_modules, autowrap_functions, concrete_args: tracing options, see :func:`growc.trace`.
+        leaf_modules, autowrap_functions, concrete_args, capture, dynamic: capture options, see
+            :func:`growc.trace` (``capture="auto"`` traces with fx and uses ``torch.export`` where fx cannot).
         verify: run ``model`` and the result once on ``example_inputs`` and report the difference (in the mode
             the graph was traced in: eval for an eval-mode model, train mode on copies with one seed otherwise);
             with ``init="exact"`` a difference above :func:`growc.fx.analysis.exactness_tolerance` of the model's
@@ -771,11 +777,18 @@ def templatize(
     templates, window, seed, example_inputs = _check_arguments(
         model, example_inputs, sharing, init, templates, window, seed
     )
-    traced = (
-        model
-        if isinstance(model, fx.GraphModule)
-        else trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, concrete_args=concrete_args)
-    )
+    if isinstance(model, fx.GraphModule) and (captured_by_export(model) or not is_aten_graph(model)):
+        traced = model
+    else:
+        traced = trace(
+            model,
+            example_inputs,
+            capture=capture,
+            dynamic=dynamic,
+            leaf_modules=leaf_modules,
+            autowrap_functions=autowrap_functions,
+            concrete_args=concrete_args,
+        )
     gm = _copy_for_rewrite(model, traced, layers)
     shapes = propagate_shapes(gm, example_inputs)
     weights, skipped = _selected(gm, layers)

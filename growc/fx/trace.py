@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from torch import fx, nn
 
-from growc.errors import GrowcTraceError
+from growc.errors import GrowcConfigError, GrowcTraceError
+from growc.fx.export import Dynamic, adopt, captured_by_export, export_graph, is_aten_graph
+from growc.fx.graphs import graph_module
 from growc.fx.registry import is_registered_leaf, wrapped_functions
 from growc.runtime.bank import TemplateBank
 from growc.runtime.layers import GENERATED_TYPES
 
-__all__ = ["GrowcTracer", "attribute_owner", "graph_module", "trace"]
+__all__ = ["CAPTURES", "Capture", "GrowcTracer", "trace"]
 
 _CONSTRUCTS = (
     ("symbolically traced variables cannot be used as inputs to control flow", "data-dependent control flow"),
@@ -83,31 +86,145 @@ class GrowcTracer(fx.Tracer):
             raise
 
 
+Capture = Literal["auto", "fx", "export"]
+CAPTURES: tuple[str, ...] = ("auto", "fx", "export")
+
+
 def trace(
     model: nn.Module,
+    example_inputs: Sequence[Any] | None = None,
     *,
+    capture: Capture = "auto",
+    dynamic: Dynamic = True,
     leaf_modules: Sequence[type[nn.Module] | str] = (),
     autowrap_functions: Sequence[Callable[..., Any]] = (),
     concrete_args: dict[str, Any] | None = None,
 ) -> fx.GraphModule:
-    """Trace ``model`` into a GraphModule whose submodules are ``model``'s own (no copy is made).
+    """Capture ``model`` as a GraphModule whose submodules and tensors are ``model``'s own (no copy is made).
 
     Args:
-        model: any ``nn.Module``. A ``GraphModule`` is re-traced, with growc's mixed layers kept as leaves.
-        leaf_modules: module types or dotted module paths not to trace into.
-        autowrap_functions: free functions to record as opaque ``call_function`` nodes.
+        model: any ``nn.Module``. A ``GraphModule`` from fx is re-traced (growc's mixed layers kept as leaves); one
+            captured by ``export`` is returned as it is; an unlifted ``torch.export`` module
+            (``ExportedProgram.module()``) is copied and adopted (:func:`growc.fx.export.adopt`).
+        example_inputs: positional inputs; needed by ``export`` (and by ``auto`` to fall back to it).
+        capture: ``"fx"`` (symbolic tracing, with submodules that cannot be traced made leaves), ``"export"``
+            (``torch.export``, non-strict: an ATen graph, see :mod:`growc.fx.export`) or ``"auto"`` (fx; export when
+            the root cannot be traced or fx had to make a submodule holding weights a leaf, and example inputs are
+            given).
+        dynamic: export only: ``True`` marks the batch dim of every input and the sequence dim of integer inputs
+            dynamic, ``False`` none, or per input a list of dims (``None`` for none).
+        leaf_modules: fx only: module types or dotted module paths not to trace into.
+        autowrap_functions: fx only: free functions to record as opaque ``call_function`` nodes.
             Module types registered with :func:`growc.register_op` are leaves and registered functions are
-            autowrapped, without being listed here.
-        concrete_args: forwarded to ``fx.Tracer.trace`` (specialise arguments such as flags).
+            autowrapped, without being listed here; so are einops' functions and layers.
+        concrete_args: fx only: forwarded to ``fx.Tracer.trace`` (specialise arguments such as flags).
 
     Returns:
-        The GraphModule; ``gm.meta["growc"]["trace"]`` holds the report: ``fallback_leaves`` (module, type,
-        construct, error for each submodule made a leaf because it could not be traced), ``leaf_modules`` and
-        ``nodes``.
+        The GraphModule; ``gm.meta["growc"]["trace"]`` holds the report: ``capture`` (which ran), ``reason`` (why),
+        ``seconds``, ``tried`` (each strategy that failed first, with its error), ``nodes`` and, for fx,
+        ``fallback_leaves`` (module, type, construct, error for each submodule made a leaf) and ``leaf_modules``;
+        for export, ``dynamic``, ``specialised``, ``raised``, ``mode_aware``, ``unregistered_ops`` and ``notes``.
 
     Raises:
-        GrowcTraceError: the root module's ``forward`` itself cannot be traced.
+        GrowcTraceError: no strategy captured the model: it names what each tried, the first failing construct
+            with its source line, and the fix.
+        GrowcConfigError: an unknown ``capture``, or ``export`` without example inputs.
     """
+    if capture not in CAPTURES:
+        raise GrowcConfigError(f"trace: capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    if isinstance(model, fx.GraphModule) and captured_by_export(model):
+        return model
+    if isinstance(model, fx.GraphModule) and is_aten_graph(model):
+        return _adopted(model)
+    inputs = None if example_inputs is None else tuple(example_inputs)
+    if capture == "export" and inputs is None:
+        raise GrowcConfigError("trace: capture='export' needs example_inputs (torch.export runs the model)")
+    tried: list[dict[str, Any]] = []
+    fx_error: GrowcTraceError | None = None
+    gm = None
+    if capture in ("fx", "auto"):
+        start = time.perf_counter()
+        try:
+            gm = _fx_trace(model, leaf_modules, autowrap_functions, concrete_args)
+        except GrowcTraceError as error:
+            if capture == "fx" or inputs is None:
+                raise
+            fx_error = error
+            tried.append({"capture": "fx", "seconds": round(time.perf_counter() - start, 3), "error": str(error)})
+        if gm is not None:
+            report = gm.meta["growc"]["trace"]
+            report.update(capture="fx", seconds=round(time.perf_counter() - start, 3), tried=[])
+            weighted = [f["module"] for f in report["fallback_leaves"] if _holds_weights(model, f["module"])]
+            if capture == "fx" or not weighted or inputs is None:
+                report["reason"] = "capture='fx'" if capture == "fx" else "the model traces with fx"
+                return gm
+            report["reason"] = f"fx made submodules holding weights leaves ({', '.join(weighted)}); export failed"
+    try:
+        exported, export_report = export_graph(model, inputs, dynamic=dynamic)
+    except GrowcTraceError as error:
+        if gm is not None:  # auto, after fx with weighted leaves: keep the fx graph, say why
+            gm.meta["growc"]["trace"]["tried"] = [{"capture": "export", "error": str(error)}]
+            return gm
+        raise _capture_error(model, fx_error, error) from error
+    reason = "capture='export'"
+    if capture == "auto":
+        reason = "fx could not trace the root module"
+        if fx_error is None:
+            reason = "fx made submodules holding weights leaves"
+    exported.meta.setdefault("growc", {})["trace"] = {
+        "capture": "export",
+        "reason": reason,
+        **export_report,
+        "tried": tried,
+        "nodes": len(exported.graph.nodes),
+    }
+    return exported
+
+
+def _adopted(model: fx.GraphModule) -> fx.GraphModule:
+    start = time.perf_counter()
+    gm, report = adopt(copy.deepcopy(model))
+    gm.meta.setdefault("growc", {})["trace"] = {
+        "capture": "export",
+        "reason": "an unlifted torch.export module, copied and adopted",
+        "seconds": round(time.perf_counter() - start, 3),
+        **report,
+        "tried": [],
+        "nodes": len(gm.graph.nodes),
+    }
+    return gm
+
+
+def _holds_weights(model: nn.Module, path: str) -> bool:
+    try:
+        return any(p.ndim >= 2 for p in model.get_submodule(path).parameters())
+    except AttributeError:
+        return False
+
+
+def _capture_error(model: nn.Module, fx_error: GrowcTraceError | None, error: GrowcTraceError) -> GrowcTraceError:
+    parts = [f"cannot capture {type(model).__name__}:"]
+    if fx_error is not None:
+        parts.append(f"fx: {fx_error}")
+    parts.append(str(error))
+    fix = (
+        "Fix: make the failing construct traceable (data-dependent control flow on tensor values cannot be "
+        "captured: compute it outside the model or pass it as an input), pass concrete example inputs that the "
+        "model accepts, or register the offending module or function with growc.register_op so it stays one op."
+    )
+    return GrowcTraceError(
+        " ".join([*parts, fix]),
+        module_path=fx_error.module_path if fx_error is not None else "",
+        construct=fx_error.construct if fx_error is not None else error.construct,
+    )
+
+
+def _fx_trace(
+    model: nn.Module,
+    leaf_modules: Sequence[type[nn.Module] | str],
+    autowrap_functions: Sequence[Callable[..., Any]],
+    concrete_args: dict[str, Any] | None,
+) -> fx.GraphModule:
     fallbacks: list[dict[str, str]] = []
     fallback_paths: list[str] = []
     for _ in range(sum(1 for _ in model.modules()) + 1):
@@ -156,34 +273,6 @@ def trace(
         ),
         "nodes": len(gm.graph.nodes),
     }
-    return gm
-
-
-def attribute_owner(root: nn.Module, target: str, *, create: bool = False) -> tuple[nn.Module, str]:
-    """The module holding the dotted ``target`` and the attribute's name in it (``"a.b.w"`` -> ``(root.a.b, "w")``).
-
-    With ``create``, missing intermediate modules are added as empty ``nn.Module`` containers.
-    """
-    *path, attr = target.split(".")
-    owner = root
-    for part in path:
-        if create and part not in owner._modules:
-            owner.add_module(part, nn.Module())
-        owner = owner._modules[part] if part in owner._modules else getattr(owner, part)
-    return owner, attr
-
-
-def graph_module(root: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:
-    """``fx.GraphModule(root, graph)`` that also keeps ``root``'s template banks registered.
-
-    fx copies only the attributes the graph's nodes name; banks are reached through mixed layers, not nodes, so
-    they are carried over explicitly (the state dict must keep holding every template exactly once).
-    """
-    gm = fx.GraphModule(root, graph, class_name)
-    if isinstance(getattr(root, "growc_banks", None), nn.Module) and not hasattr(gm, "growc_banks"):
-        gm.add_module("growc_banks", root.growc_banks)
-    if isinstance(root, fx.GraphModule):
-        gm.meta = copy.deepcopy(root.meta)  # never share (and later write into) the input's records
     return gm
 
 
