@@ -31,14 +31,12 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
@@ -62,6 +60,7 @@ from growc.fx.checks import (
 from growc.fx.export import Dynamic, captured_by_export, is_aten_graph
 from growc.fx.graphs import attribute_owner, graph_module
 from growc.fx.pipeline import finish_pass
+from growc.fx.registry import WeightedFunction, rule_for
 from growc.fx.trace import Capture, trace
 from growc.runtime.init import fan_in as _fan_in  # the fan-in rule (matmul weights are [..., in, out])
 from growc.runtime.init import kaiming_templates, orthogonal_coefficients
@@ -91,18 +90,6 @@ _PLAIN: dict[type[nn.Module], tuple[str, type[nn.Module]]] = {
     nn.Conv3d: ("conv3d", MixedConv3d),
     nn.Linear: ("linear", MixedLinear),
 }
-# functional weighted ops: target -> (kind, position of the weight argument, position of `groups` or None)
-_FUNCTIONAL: dict[Any, tuple[str, int, int | None]] = {
-    F.conv1d: ("conv1d", 1, 6),
-    F.conv2d: ("conv2d", 1, 6),
-    F.conv3d: ("conv3d", 1, 6),
-    torch.conv1d: ("conv1d", 1, 6),
-    torch.conv2d: ("conv2d", 1, 6),
-    torch.conv3d: ("conv3d", 1, 6),
-    F.linear: ("linear", 1, None),
-    torch._C._nn.linear: ("linear", 1, None),
-}
-_MATMUL = {operator.matmul, torch.matmul, torch.mm, torch.bmm}
 _NOT_OPAQUE_MODULES = ("torch", "operator", "_operator", "builtins", "math", "einops")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
 _NOT_WEIGHTS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
@@ -212,20 +199,15 @@ def _is_opaque(node: fx.Node) -> bool:
 
 def _attr_use(node: fx.Node, user: fx.Node, ndim: int) -> tuple[str, int] | None:
     """``(kind, groups)`` when ``user`` consumes the parameter ``node`` as a weight, else None."""
-    if user.op == "call_function" and user.target in _FUNCTIONAL:
-        kind, pos, groups_pos = _FUNCTIONAL[user.target]
-        weight = user.args[pos] if len(user.args) > pos else user.kwargs.get("weight")
-        others = [a for i, a in enumerate(user.args) if i != pos] + [v for k, v in user.kwargs.items() if k != "weight"]
-        if weight is not node or node in others:
+    rule = rule_for(user) if user.op == "call_function" else None
+    if isinstance(rule, WeightedFunction):  # the registry's functional weighted ops (torch and ATen alike)
+        use = rule.weight_use(user, node)
+        if use is not None and use[0] == "matmul" and ndim < 2:
             return None
-        groups = 1
-        if groups_pos is not None:
-            groups = user.args[groups_pos] if len(user.args) > groups_pos else user.kwargs.get("groups", 1)
-        return (kind, groups) if isinstance(groups, int) else None
+        if use is not None or rule.weight_kind != "matmul":
+            return use
     if ndim < 2:
         return None
-    if user.op == "call_function" and user.target in _MATMUL and len(user.args) > 1 and user.args[1] is node:
-        return ("matmul", 1)
     if _is_opaque(user):
         return ("param", 1)
     return None

@@ -65,6 +65,7 @@ __all__ = [
     "Unary",
     "ValueKind",
     "Weighted",
+    "WeightedFunction",
     "has_state",
     "has_tensor",
     "is_registered_leaf",
@@ -888,6 +889,38 @@ class Weighted(OpRule):
         return f"Weighted(linear={self.linear})"
 
 
+class WeightedFunction(OpRule):
+    """A functional weighted op (``F.linear``, ``F.conv2d``, ``torch.matmul``, ``aten.linear``, ``aten.addmm``,
+    ...): the parameter at argument ``weight`` is a weight :func:`growc.templatize` generates from templates
+    (``weight_kind`` ``linear``/``conv1d``/``conv2d``/``conv3d``: ``[out, in, ...]``; ``matmul``: ``[..., in,
+    out]``; ``groups`` is the position of a conv's ``groups``). Channels are not traced through it and fusion
+    runs it per parent; a weighted *module* (what capture makes of a standard layer's op) is lifted to a grid."""
+
+    calls = ("function",)
+    channel_text = "none: blocks the groups it reads and writes (a Linear/Conv module's rule couples them)"
+    lift_text = "exact per-parent fallback"
+
+    def __init__(self, weight_kind: str, weight: int, groups: int | None = None) -> None:
+        self.weight_kind, self.weight, self.groups = weight_kind, weight, groups
+        self.kind = f"weighted function ({weight_kind})"
+
+    def weight_use(self, node: fx.Node, param: fx.Node) -> tuple[str, int] | None:
+        """``(weight kind, groups)`` when ``node`` reads ``param`` as its weight and nowhere else, else None."""
+        name = "other" if self.weight_kind == "matmul" else "weight"
+        weight = node.args[self.weight] if len(node.args) > self.weight else node.kwargs.get(name)
+        others = [a for i, a in enumerate(node.args) if i != self.weight]
+        others += [v for k, v in node.kwargs.items() if k != name]
+        if weight is not param or param in others:
+            return None
+        groups = 1
+        if self.groups is not None:
+            groups = node.args[self.groups] if len(node.args) > self.groups else node.kwargs.get("groups", 1)
+        return (self.weight_kind, groups) if isinstance(groups, int) else None
+
+    def __repr__(self) -> str:
+        return f"WeightedFunction({self.weight_kind!r}, weight={self.weight}, groups={self.groups})"
+
+
 class Combined(OpRule):
     """One rule's channel analysis with another's fuse lift."""
 
@@ -954,6 +987,8 @@ def _display(target: Any, call: str) -> str:
         if module.startswith("torch.nn.modules") and getattr(nn, target.__qualname__, None) is target:
             module = "torch.nn"
         return f"{module}.{target.__qualname__}"
+    if isinstance(target, torch._ops.OpOverload):
+        return f"torch.ops.{target}"
     name = getattr(target, "__name__", repr(target))
     for prefix, namespace in (("torch.nn.functional", F), ("torch", torch)):
         if getattr(namespace, name, None) is target:
@@ -1056,6 +1091,79 @@ _builtin(Norm(), "module", (nn.modules.batchnorm._BatchNorm, nn.modules.instance
 _builtin(LayerNorm(), "module", (nn.LayerNorm,))
 _builtin(Weighted(linear=True), "module", (nn.Linear, MIXED_TYPES[3], GRID_TYPES[3]))
 _builtin(Weighted(linear=False), "module", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *MIXED_TYPES[:3], *GRID_TYPES[:3]))
+
+# ---- ATen ops (graphs captured by torch.export): the same kinds, ATen's calling conventions match -------------------
+
+_ATEN = torch.ops.aten
+
+
+def _overloads(*names: str) -> list[Any]:
+    """``aten.<op>.<overload>`` objects for ``"op.overload"`` names (``"relu.default"``)."""
+    found = []
+    for name in names:
+        op, _, overload = name.partition(".")
+        packet = getattr(_ATEN, op)
+        found.append(getattr(packet, overload))
+    return found
+
+
+_builtin(
+    Unary(),
+    "function",
+    _overloads(
+        "relu.default", "relu_.default", "gelu.default", "silu.default", "silu_.default", "sigmoid.default",
+        "tanh.default", "hardswish.default", "hardswish_.default", "hardsigmoid.default", "leaky_relu.default",
+        "elu.default", "mish.default", "softplus.default", "hardtanh.default", "hardtanh_.default", "neg.default",
+        "abs.default", "exp.default", "sqrt.default", "rsqrt.default", "erf.default", "log.default",
+        "clone.default", "alias.default", "detach.default", "contiguous.default", "pow.Tensor_Scalar",
+        "to.dtype", "_to_copy.default", "dropout.default",
+    ),
+)  # fmt: skip
+_builtin(
+    Elementwise(),
+    "function",
+    _overloads(
+        "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul_.Tensor", "sub_.Tensor",
+        "div_.Tensor", "add.Scalar", "mul.Scalar", "sub.Scalar", "div.Scalar", "rsub.Scalar", "maximum.default",
+        "minimum.default",
+    ),
+)  # fmt: skip
+_builtin(
+    Pool(),
+    "function",
+    _overloads(
+        "max_pool1d.default", "max_pool2d.default", "max_pool3d.default", "avg_pool1d.default",
+        "avg_pool2d.default", "avg_pool3d.default", "adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default",
+        "adaptive_avg_pool3d.default",
+    ),
+)  # fmt: skip
+_builtin(Reduce(), "function", _overloads("mean.dim", "sum.dim_IntList", "amax.default", "amin.default"))
+_builtin(Flatten(), "function", _overloads("flatten.using_ints"))
+_builtin(Reshape(), "function", _overloads("view.default", "reshape.default", "_unsafe_view.default"))
+_builtin(Permute(), "function", _overloads("permute.default"))
+_builtin(Permute(transpose=True), "function", _overloads("transpose.int", "swapaxes.default"))
+_builtin(Cat(), "function", _overloads("cat.default", "concat.default"))
+
+# functional weighted ops: what templatize generates weights for (their modules are Weighted)
+for _target, _rule in (
+    *((f, WeightedFunction("linear", 1)) for f in (F.linear, torch._C._nn.linear, *_overloads("linear.default"))),
+    *(
+        (f, WeightedFunction(f"conv{d}d", 1, 6))
+        for d, fs in (
+            (1, (F.conv1d, torch.conv1d, *_overloads("conv1d.default", "conv1d.padding"))),
+            (2, (F.conv2d, torch.conv2d, *_overloads("conv2d.default", "conv2d.padding"))),
+            (3, (F.conv3d, torch.conv3d, *_overloads("conv3d.default", "conv3d.padding"))),
+        )
+        for f in fs
+    ),
+    *(
+        (f, WeightedFunction("matmul", 1))
+        for f in (operator.matmul, torch.matmul, torch.mm, torch.bmm, *_overloads("matmul.default", "mm.default"))
+    ),
+    *((f, WeightedFunction("matmul", 1)) for f in _overloads("bmm.default")),
+    *((f, WeightedFunction("matmul", 2)) for f in (torch.addmm, *_overloads("addmm.default"))),
+):
+    _builtin(_rule, "function", (_target,))
 
 _OPAQUE = Opaque()
 
