@@ -629,6 +629,7 @@ def fuse(
         **config.as_dict(),
         "seed": seed,
         "templatize": options.report() if not all(is_templatized(p) for p in parents) else None,
+        "trace": templated[0].meta.get("growc", {}).get("trace", {}),  # how the parents were captured
         "lifts": fusion.lifts,
         "fallbacks": fusion.fallbacks,
         "params": {"parents": parent_params, "fused": sum(p.numel() for p in gm.parameters())},

@@ -145,6 +145,7 @@ def widen(
         "factor": config.factor,
         "seed": seed,
         "templatize": None if is_templatized(model) else options.report(),
+        "trace": base.meta.get("growc", {}).get("trace", {}),  # how the parents were captured
         "lifts": fusion.lifts,
         "fallbacks": fusion.fallbacks,
         "params": {"before": params_before, "after": sum(p.numel() for p in gm.parameters())},

@@ -135,7 +135,7 @@ def export_graph(
     for i, (node, dims) in enumerate(zip(placeholders, wanted, strict=False)):
         val = node.meta.get("val")
         shape = tuple(getattr(val, "shape", ()))
-        dynamic_dims = [d for d, s in enumerate(shape) if not isinstance(s, int)]
+        dynamic_dims = [d for d, s in enumerate(shape) if _symbolic(s)]
         kept.append(dynamic_dims or None)
         for d in dims or ():
             if d % max(len(shape), 1) not in dynamic_dims and shape:
@@ -186,6 +186,11 @@ def source_line(error: BaseException) -> str | None:
     if found is None:
         return None
     return f"{found.filename}:{found.lineno}: {(found.line or '').strip()}"
+
+
+def _symbolic(size: Any) -> bool:
+    """A dim that stayed symbolic (a SymInt export specialised has a constant value)."""
+    return isinstance(size, torch.SymInt) and size.node.maybe_as_int() is None
 
 
 # ---- adoption: an unlifted export graph -> growc's module-level form ---------------------------------------------
@@ -499,6 +504,11 @@ class _Adopter:
             if _submodule(self.gm, path) is None:
                 self.gm.add_submodule(path, own)
             self.replace(node, path, (node.args[0],), type(own).__name__)
+            return
+        stack_type = str(list(node.meta.get("nn_module_stack", {}).values())[-1][1]) if path else ""
+        if path and _submodule(self.gm, path) is None and stack_type.endswith(type(module).__name__):
+            self.gm.add_submodule(path, module)  # the dropout module's own path (a built one, same config)
+            self.replace(node, path, (node.args[0],), type(module).__name__)
             return
         target = _unique_path(self.gm, node.name)
         self.gm.get_submodule("growc_modes").add_module(target.rpartition(".")[2], module)

@@ -1,0 +1,210 @@
+"""growc.fx.export: torch.export capture adopted into growc's module-level form, and growc.trace's strategies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import growc
+from growc.errors import GrowcConfigError, GrowcTraceError
+from growc.fx.export import adopt, default_dynamic, is_aten_graph
+from growc.runtime.modes import ModeValue
+
+
+class ConvNet(nn.Module):
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.drop = nn.Dropout(0.25)
+        self.fc = nn.Linear(width, 5)
+        self.ln = nn.LayerNorm(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.drop(F.relu(self.bn(self.conv(x)))).mean((2, 3))
+        return self.ln(self.fc(y))
+
+
+class DataDependent(nn.Module):
+    """fx cannot trace the root (a branch on a tensor's value); export can (torch.cond-free: the branch is on a
+    shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for row in x.unbind(0):  # iteration over a traced value: fx fails at the root
+            x = x + self.fc(row)
+        return x
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow: neither fx nor export
+            return self.fc(x)
+        return x
+
+
+def _x(batch: int = 4) -> torch.Tensor:
+    return torch.randn(batch, 3, 6, 6, generator=torch.Generator().manual_seed(batch))
+
+
+def test_export_raises_standard_modules_back_and_keeps_the_models_own():
+    model = ConvNet()
+    gm = growc.trace(model, (_x(),), capture="export")
+    calls = {str(n.target): type(gm.get_submodule(str(n.target))) for n in gm.graph.nodes if n.op == "call_module"}
+    assert calls == {"conv": nn.Conv2d, "bn": nn.BatchNorm2d, "drop": nn.Dropout, "fc": nn.Linear, "ln": nn.LayerNorm}
+    assert gm.conv is model.conv and gm.bn is model.bn  # no copy, like fx
+    report = gm.meta["growc"]["trace"]
+    assert report["capture"] == "export" and report["reason"] == "capture='export'"
+    assert [r["module"] for r in report["raised"]] == ["Conv2d", "BatchNorm2d", "Dropout", "Linear", "LayerNorm"]
+    assert "aten.relu.default" not in report["unregistered_ops"]  # the registry has ATen rules
+    assert not any(n.op == "call_module" and n.target == "_guards_fn" for n in gm.graph.nodes)
+
+
+def test_export_graph_switches_modes_like_the_model():
+    model = ConvNet()
+    gm = growc.trace(model, (_x(),), capture="export")
+    x = _x()
+    model.eval(), gm.eval()
+    assert torch.equal(model(x), gm(x))
+    model.train(), gm.train()
+    torch.manual_seed(3)
+    expected = model(x)  # dropout active, batch statistics, running stats updated
+    before = model.bn.running_mean.clone()
+    torch.manual_seed(3)
+    got = gm(x)
+    assert torch.equal(expected, got)
+    assert not torch.equal(before, model.bn.running_mean)  # the shared BN updated its statistics (twice)
+    assert int(model.bn.num_batches_tracked) == 2
+
+
+def test_dynamic_batch_by_default_and_static_on_request():
+    model = ConvNet().eval()
+    gm = growc.trace(model, (_x(4),), capture="export")
+    assert gm.meta["growc"]["trace"]["dynamic"] == [[0]]
+    assert torch.equal(gm(_x(7)), model(_x(7)))
+    static = growc.trace(model, (_x(4),), capture="export", dynamic=False)
+    assert static.meta["growc"]["trace"]["dynamic"] == [None]
+
+
+def test_a_dim_export_specialises_is_reported():
+    class Fixed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.ones(4, 1)  # broadcasting against 4 rows bakes the batch
+
+    gm = growc.trace(Fixed(), (torch.randn(4, 3),), capture="export")
+    report = gm.meta["growc"]["trace"]
+    assert report["specialised"] == [{"input": 0, "name": "x", "dim": 0, "size": 4}]
+    assert any("input 0 dim 0 = 4" in note for note in report["notes"])
+
+
+def test_default_dynamic_marks_sequence_of_token_inputs():
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    assert default_dynamic((torch.zeros(2, 3, 4), ids, 1.0)) == [[0], [0, 1], None]
+
+
+def test_auto_uses_fx_when_it_traces_and_export_when_the_root_fails():
+    fx_gm = growc.trace(ConvNet(), (_x(),))
+    assert fx_gm.meta["growc"]["trace"]["capture"] == "fx"
+    x = torch.randn(3, 4)
+    gm = growc.trace(DataDependent(), (x,))
+    report = gm.meta["growc"]["trace"]
+    assert report["capture"] == "export" and report["reason"] == "fx could not trace the root module"
+    assert report["tried"][0]["capture"] == "fx" and "iteration" in report["tried"][0]["error"]
+    assert is_aten_graph(gm)
+
+
+def test_auto_without_example_inputs_is_fx_and_raises_its_error():
+    with pytest.raises(GrowcTraceError, match="root module"):
+        growc.trace(DataDependent())
+
+
+def test_neither_strategy_names_both_and_the_source_line():
+    with pytest.raises(GrowcTraceError) as info:
+        growc.trace(Untraceable(), (torch.randn(2, 4),))
+    message = str(info.value)
+    assert message.startswith("cannot capture Untraceable: fx: ")
+    assert "export: " in message and "test_export.py" in message and "if x.sum() > 0" in message
+    assert "Fix:" in message
+
+
+def test_bad_capture_options():
+    with pytest.raises(GrowcConfigError, match="capture must be one of auto, fx, export, got 'jit'"):
+        growc.trace(ConvNet(), capture="jit")
+    with pytest.raises(GrowcConfigError, match="capture='export' needs example_inputs"):
+        growc.trace(ConvNet(), capture="export")
+
+
+def test_an_unlifted_export_module_is_copied_and_adopted():
+    model = ConvNet()
+    unlifted = torch.export.export(model.eval(), (_x(),), strict=False).module()
+    gm = growc.trace(unlifted)
+    assert gm.meta["growc"]["trace"]["capture"] == "export"
+    assert isinstance(gm.get_submodule("conv"), nn.Conv2d)
+    x = _x()
+    gm.eval()
+    assert torch.equal(gm(x), model(x))
+    gm.train()  # the unlifted module refuses .train(); the adopted one follows it
+    assert gm.drop.training
+
+
+def test_functional_batch_norm_reads_its_mode():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.rand(3) + 0.5)
+            self.register_buffer("mean", torch.zeros(3))
+            self.register_buffer("var", torch.ones(3))
+            self.extra = nn.Parameter(torch.zeros(3))  # the attributes are not one BatchNorm's
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.batch_norm(x, self.mean, self.var, self.w, self.extra, self.training) + self.extra.view(1, 3, 1, 1)
+
+    model = Functional()
+    x = torch.randn(4, 3, 2, 2)
+    gm = growc.trace(model, (x,), capture="export")
+    flags = [m for m in gm.modules() if isinstance(m, ModeValue)]
+    assert len(flags) == 1 and gm.meta["growc"]["trace"]["mode_aware"] == ["batch_norm"]
+    model.train(), gm.train()
+    assert torch.allclose(model(x), gm(x))
+    assert not torch.equal(model.mean, torch.zeros(3))  # running stats updated through the shared buffer
+    model.eval(), gm.eval()
+    assert torch.equal(model(x), gm(x))
+
+
+def test_adopt_without_the_model_builds_modules_from_the_op():
+    model = ConvNet().eval()
+    unlifted = torch.export.export(model, (_x(),), strict=False).module()
+    gm, _ = adopt(unlifted)
+    assert isinstance(gm.get_submodule("bn"), nn.BatchNorm2d) and gm.bn is not model.bn
+    assert gm.bn.running_mean is model.bn.running_mean  # built around the graph's (the model's) tensors
+    assert gm.fc.weight is model.fc.weight
+    assert torch.equal(gm.eval()(_x()), model(_x()))
+
+
+def test_templatize_fuse_materialize_on_export_graphs_equal_fx():
+    torch.manual_seed(0)
+    a, b = ConvNet().eval(), ConvNet().eval()
+    x = _x()
+    by_fx = growc.templatize(a, (x,), capture="fx")
+    by_export = growc.templatize(a, (x,), capture="export")
+    assert torch.allclose(by_fx(x), by_export(x), rtol=0, atol=1e-6)
+    assert [r["weight"] for r in by_fx.meta["growc"]["templatize"]["layers"]] == [
+        r["weight"] for r in by_export.meta["growc"]["templatize"]["layers"]
+    ]
+    fused_fx = growc.fuse([a, b], (x,), cross_init="orthogonal", templatize_options={"capture": "fx"})
+    fused_ex = growc.fuse([a, b], (x,), cross_init="orthogonal", templatize_options={"capture": "export"})
+    assert torch.allclose(fused_fx(x), fused_ex(x), rtol=0, atol=1e-5)
+    lifts_fx = [(lift["target"], lift["lift"]) for lift in fused_fx.meta["growc"]["fuse"]["lifts"]]
+    lifts_ex = [(lift["target"], lift["lift"]) for lift in fused_ex.meta["growc"]["fuse"]["lifts"]]
+    assert lifts_fx == lifts_ex
+    m = growc.materialize(fused_ex)
+    assert torch.allclose(m(x), fused_ex(x), rtol=0, atol=1e-5)
