@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,3 +210,93 @@ def test_templatize_fuse_materialize_on_export_graphs_equal_fx():
     assert lifts_fx == lifts_ex
     m = growc.materialize(fused_ex)
     assert torch.allclose(m(x), fused_ex(x), rtol=0, atol=1e-5)
+
+
+# ---- a model captured by export, templatized and fused keeps fx graphs' runtime guarantees ---------------------
+
+
+@pytest.fixture(scope="module")
+def fused_export() -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    torch.manual_seed(1)
+    parents = [ConvNet().eval(), ConvNet().eval()]
+    x = _x(6)
+    gm = growc.fuse(parents, (x,), cross_init="orthogonal", templatize_options={"capture": "export"})
+    assert gm.meta["growc"]["fuse"]["trace"]["capture"] == "export"
+    return gm, x
+
+
+def test_fused_export_model_switches_modes(fused_export):
+    gm, x = fused_export
+    gm = copy.deepcopy(gm)
+    bns = [m for m in gm.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.num_features == 16 for m in bns)  # the parents' norms, concatenated
+    gm.eval()
+    with torch.no_grad():
+        assert torch.equal(gm(x), gm(x))  # eval: deterministic, running statistics
+    gm.train()
+    before = bns[0].running_mean.clone()
+    torch.manual_seed(0)
+    a = gm(x)
+    torch.manual_seed(1)
+    b = gm(x)
+    assert not torch.equal(a, b)  # dropout draws in train mode
+    assert not torch.equal(before, bns[0].running_mean)  # and the running statistics update
+
+
+def test_fused_export_model_trains_with_param_groups(fused_export):
+    gm, x = fused_export
+    gm = copy.deepcopy(gm).train()
+    optimizer = torch.optim.SGD(growc.param_groups(gm, weight_decay=1e-4), lr=0.05)
+    target = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = F.mse_loss(gm(x), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert gm.growc_banks["p0_bank0"].templates.grad is not None
+
+
+def test_fused_export_model_compiles_without_graph_breaks_and_matches(fused_export):
+    gm, x = fused_export
+    gm = copy.deepcopy(gm).eval()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(gm)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(gm, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), gm(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_export_model_under_autocast(fused_export):
+    gm, x = fused_export
+    gm = copy.deepcopy(gm).eval()
+    with torch.no_grad():
+        reference = gm(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = gm(x)
+    error = (low.float() - reference).abs().max() / reference.abs().max()
+    assert error <= 5e-2, error
+
+
+def test_fused_export_model_wraps_in_ddp(fused_export, tmp_path):
+    import torch.distributed as dist
+
+    gm, x = fused_export
+    gm = copy.deepcopy(gm).eval()  # eval: no dropout draws, so local and DDP gradients compare exactly
+    local = copy.deepcopy(gm)
+    local(x).sum().backward()
+    expected = {name: p.grad.clone() for name, p in local.named_parameters() if p.grad is not None}
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(gm)
+        for step in range(2):
+            ddp.zero_grad()
+            ddp(x).sum().backward()
+            for name, p in gm.named_parameters():
+                torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-6, msg=f"{step}: {name}")
+    finally:
+        dist.destroy_process_group()

@@ -102,3 +102,16 @@ def test_fused_model_on_cuda_compiles_and_matches() -> None:
         low = cuda.eval()(x.cuda())
     assert growc.max_abs_rel_error(cuda(x.cuda()), low.float())[1] < 5e-2
     assert_same_function(cuda, growc.materialize(cuda), (x.cuda(),), rtol=1e-4, atol=1e-4, mode="both")
+
+
+def test_export_captured_fused_model_on_cuda_matches() -> None:
+    torch.manual_seed(0)
+    parents = [WideResNet(10, 1, num_classes=10).eval() for _ in range(2)]
+    x = torch.randn(4, 3, 32, 32)
+    gm = growc.fuse(parents, (x,), cross_init="zero", templatize_options={"capture": "export"})
+    cuda = copy.deepcopy(gm).cuda().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cuda(x.cuda()).cpu(), gm.eval()(x), rtol=1e-4, atol=1e-4)
+    cuda.train()
+    cuda(x.cuda()).sum().backward()
+    assert all(p.grad is not None and p.grad.is_cuda for p in cuda.parameters() if p.requires_grad)
