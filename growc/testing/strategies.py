@@ -56,6 +56,11 @@ Feature names (see :data:`ALL_FEATURES`), each of which can be switched off thro
     biases, applied as ``b(act(a(x)))``.  The tie survives :func:`build_cnn`, ``to_empty``,
     ``.to(...)``, ``copy.deepcopy`` and tracing; ``state_dict`` lists the shared weight under both
     names (``named_parameters`` / ``parameters`` list it once).
+``einops``
+    einops in ``forward``: ``op="move"`` moves the channels last with ``rearrange``, mixes them with an
+    ``nn.Linear`` and moves them back; ``op="merge"`` merges the spatial axes and splits them again
+    (``b c h w -> b c (h w) -> b c h w``); ``op="reduce"`` adds the spatial mean (``reduce(..., "mean")``, channels
+    kept).
 ``gap_head`` / ``flatten_head``
     the head: global average pool -> flatten -> Linear, or flatten -> Linear over ``C * H * W``
     features.  If neither is enabled the global-average-pool head is used.
@@ -75,6 +80,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import einops
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
@@ -112,6 +118,7 @@ BLOCK_FEATURES: tuple[str, ...] = (
     "functional",
     "reuse",
     "tied",
+    "einops",
 )
 #: Head features.
 HEAD_FEATURES: tuple[str, ...] = ("gap_head", "flatten_head", "mlp_head")
@@ -153,6 +160,7 @@ class BlockSpec:
     * ``reuse``: ``k, bias, act`` (channel- and size-preserving conv called twice)
     * ``tied``: ``op`` (``"conv"`` or ``"linear"``), ``k`` (conv only), ``act`` (channel- and
       size-preserving pair with one shared weight)
+    * ``einops``: ``op`` (``"move"``, ``"merge"`` or ``"reduce"``), ``out`` (``move``: the Linear's outputs)
     * heads ``gap_head`` / ``flatten_head``: ``hidden`` (0 = single Linear), ``act``
 
     ``norm`` is one of ``"none"``, ``"bn"``, ``"gn"`` (``norm_groups`` is used for ``"gn"``).
@@ -265,7 +273,7 @@ class CNNSpec:
             if kind == "conv":
                 groups = int(block["groups"])
                 used.add("conv" if groups == 1 else ("depthwise" if groups == c else "grouped"))
-            elif kind in ("bn", "gn", "act", "residual", "se", "pool", "dropout", "reuse", "tied"):
+            elif kind in ("bn", "gn", "act", "residual", "se", "pool", "dropout", "reuse", "tied", "einops"):
                 used.add(kind)
             elif kind in ("dense", "inception"):
                 used.add("concat")
@@ -310,6 +318,8 @@ def block_output_shape(block: BlockSpec, dim: int, c: int, size: tuple[int, ...]
         new_c, new_size = int(block["out"]), tuple(_out_len(n, k, s, p, d) for n in size)
     elif kind in ("bn", "gn", "act", "dropout", "se"):
         pass
+    elif kind == "einops":
+        new_c = int(block["out"]) if block["op"] == "move" else c
     elif kind in ("reuse", "tied"):
         if int(block.get("k", 1)) % 2 != 1:  # "same" padding k // 2 keeps the size only for odd k
             raise ValueError(f"block {block!r} needs an odd kernel size")
@@ -540,6 +550,32 @@ class TiedPair(nn.Module):
         return self.b(self.act(self.a(x)))
 
 
+class EinopsBlock(nn.Module):
+    """einops in ``forward`` (see the ``einops`` feature): ``move``, ``merge`` or ``reduce``."""
+
+    def __init__(self, dim: int, c: int, op: str, out: int, size: tuple[int, ...], device: torch.device | str) -> None:
+        super().__init__()
+        self.op, self.dim, self.size = op, dim, size
+        if op == "move":
+            self.fc = nn.Linear(c, out, device=device)
+        elif op not in ("merge", "reduce"):
+            raise ValueError(f"unknown einops op {op!r}; expected 'move', 'merge' or 'reduce'")
+
+    def extra_repr(self) -> str:
+        return f"op={self.op!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "move":
+            return einops.rearrange(self.fc(einops.rearrange(x, "b c ... -> b ... c")), "b ... c -> b c ...")
+        if self.op == "merge":
+            if self.dim == 1:
+                return einops.rearrange(einops.rearrange(x, "b c l -> b l c"), "b l c -> b c l")
+            merged = einops.rearrange(x, "b c h w -> b c (h w)")
+            return einops.rearrange(merged, "b c (h w) -> b c h w", h=self.size[0])
+        pattern = "b c l -> b c ()" if self.dim == 1 else "b c h w -> b c () ()"
+        return x + einops.reduce(x, pattern, "mean")
+
+
 def _make_layer_block(block: BlockSpec, dim: int, c: int, device: torch.device | str) -> nn.Module | None:
     """A conv, norm, activation or dropout layer, or None for another kind."""
     kind = block.kind
@@ -622,6 +658,8 @@ def _make_other_block(block: BlockSpec, dim: int, c: int, device: torch.device |
 
 
 def _make_block(block: BlockSpec, dim: int, c: int, size: tuple[int, ...], device: torch.device | str) -> nn.Module:
+    if block.kind == "einops":
+        return EinopsBlock(dim, c, str(block["op"]), int(block["out"]), size, device)
     for make in (_make_layer_block, _make_composite_block, _make_other_block):
         module = make(block, dim, c, device)
         if module is not None:
@@ -928,6 +966,9 @@ def _draw_other_block(draw: st.DrawFn, feature: str, s: _State) -> BlockSpec | N
     if feature == "reuse":
         k = draw(st.sampled_from((1, 3)))
         return BlockSpec.of("reuse", k=k, bias=draw(st.booleans()), act=draw(st.sampled_from(s.acts())))
+    if feature == "einops":
+        op = draw(st.sampled_from(("move", "merge", "reduce")))
+        return BlockSpec.of("einops", op=op, out=draw(st.integers(1, mc)) if op == "move" else s.c)
     if feature == "tied":
         if draw(st.sampled_from(("conv", "linear"))) == "conv":
             k = draw(st.sampled_from((1, 3)))
