@@ -8,6 +8,12 @@ SGD step) of plain vs templatized ResNet-18, interleaved step by step so both se
     python benchmarks/compile.py                 # full run, writes benchmarks/results/compile.json
     python benchmarks/compile.py --quick         # small inputs, fewer repeats: a smoke run
 
+    python benchmarks/compile.py --capture-only  # only the fx vs export capture table
+
+Capture (issue 13): fx vs ``torch.export`` capture and ``templatize`` (verify off) side by side, interleaved, for
+ResNet-50, a 12-layer BERT-base-sized config (transformers, random weights; fx cannot trace it) and ViT-B/16.
+Target: export capture + templatize of the BERT-base config <= 10 s on 2 CPU cores.
+
 Targets: ResNet-50 templatize < 0.5 s on 2 CPU cores; templatized ResNet-18 training step <= 1.10x plain; fusing
 two ResNet-50s < 1 s ("plain parents" includes templatizing both; "templatized parents" is the fuse pass alone).
 """
@@ -53,6 +59,82 @@ def compile_times(name: str, size: int, repeats: int) -> dict[str, float]:
         "nodes": len(traced.graph.nodes),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
+
+
+def _capture_models(quick: bool) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
+    """ResNet-50 and ViT-B/16 (torchvision) and a BERT-base-sized BertModel (12 layers, hidden 768; --quick: 2
+    layers), all with random weights, eval mode."""
+    import transformers
+
+    torch.manual_seed(0)
+    size = 64 if quick else 224
+    layers = 2 if quick else 12
+    bert = transformers.BertModel(transformers.BertConfig(num_hidden_layers=layers)).eval()
+    ids = torch.randint(0, bert.config.vocab_size, (2, 128))
+    return {
+        "resnet50": (torchvision.models.resnet50(weights=None).eval(), (torch.randn(2, 3, size, size),)),
+        f"bert-base ({layers} layers)": (bert, (ids, torch.ones_like(ids))),
+        "vit_b_16": (
+            torchvision.models.vit_b_16(weights=None, image_size=size).eval(),
+            (torch.randn(2, 3, size, size),),
+        ),
+    }
+
+
+def _timed(fn) -> tuple[float, str | None]:
+    start = time.perf_counter()
+    try:
+        fn()
+    except growc.GrowcTraceError as error:
+        return float("nan"), str(error).splitlines()[0][:120]
+    return time.perf_counter() - start, None
+
+
+def capture_times(quick: bool, repeats: int) -> dict[str, dict[str, object]]:
+    """Per model, medians over ``repeats`` interleaved rounds of fx and export capture and templatize, with
+    the min-max spread; a strategy that cannot capture the model is reported with its error."""
+    results: dict[str, dict[str, object]] = {}
+    for name, (model, inputs) in _capture_models(quick).items():
+        runs = {
+            "fx capture": lambda m=model, x=inputs: growc.trace(m, x, capture="fx"),
+            "export capture": lambda m=model, x=inputs: growc.trace(m, x, capture="export"),
+            "fx templatize": lambda m=model, x=inputs: growc.templatize(m, x, capture="fx", verify=False),
+            "export templatize": lambda m=model, x=inputs: growc.templatize(m, x, capture="export", verify=False),
+        }
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        errors: dict[str, str] = {}
+        for _ in range(repeats):  # interleaved: each round runs every variant once
+            for key, fn in runs.items():
+                if key.split()[0] in {e.split()[0] for e in errors}:
+                    continue
+                seconds, error = _timed(fn)
+                if error is not None:
+                    errors[key] = error
+                else:
+                    times[key].append(seconds)
+        row: dict[str, object] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "errors": errors}
+        for key, values in times.items():
+            row[key] = (
+                {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values), "n": len(values)}
+                if values
+                else None
+            )
+        results[name] = row
+    return results
+
+
+def _print_capture(results: dict[str, dict[str, object]], repeats: int) -> None:
+    keys = ("fx capture", "export capture", "fx templatize", "export templatize")
+    print(f"\ncapture, median of {repeats} interleaved rounds [min-max], {torch.get_num_threads()} threads")
+    print(f"{'model':<24} {'params':>7} " + " ".join(f"{k:>24}" for k in keys))
+    for name, row in results.items():
+        cells = []
+        for key in keys:
+            r = row[key]
+            cells.append("fails" if r is None else f"{r['median_s']:.2f}s [{r['min_s']:.2f}-{r['max_s']:.2f}]")
+        print(f"{name:<24} {row['params_m']:>6.1f}M " + " ".join(f"{c:>24}" for c in cells))
+        for key, error in row["errors"].items():
+            print(f"    {key}: {error}")
 
 
 def fuse_times(name: str, size: int, repeats: int) -> dict[str, float]:
@@ -105,6 +187,7 @@ def main() -> None:
     parser.add_argument("--step-size", type=int, default=224, help="input resolution for the training step")
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile.json"))
+    parser.add_argument("--capture-only", action="store_true", help="only the fx vs export capture table")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.size, args.step_size, args.steps, args.batch = 2, 64, 64, 3, 8
@@ -119,6 +202,11 @@ def main() -> None:
         "compile": {},
         "training_step": [],
     }
+    results["capture"] = capture_times(args.quick, max(args.repeats, 3) if not args.quick else 1)
+    _print_capture(results["capture"], max(args.repeats, 3) if not args.quick else 1)  # type: ignore[arg-type]
+    if args.capture_only:
+        _write(results, Path(args.out))
+        return
     print(
         f"compile time, median of {args.repeats}, input 1x3x{args.size}x{args.size}, {torch.get_num_threads()} threads"
     )
@@ -143,7 +231,10 @@ def main() -> None:
         r = training_step(args.batch, args.step_size, args.steps, sharing)
         results["training_step"].append(r)  # type: ignore[union-attr]
         print(f"{sharing:<8} {r['plain_s']:>7.3f}s {r['templatized_s']:>11.3f}s {r['ratio']:>6.3f}")
-    out = Path(args.out)
+    _write(results, Path(args.out))
+
+
+def _write(results: dict[str, object], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")
