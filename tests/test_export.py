@@ -324,3 +324,29 @@ def test_both_captures_give_the_same_templatized_function(generated):
         sorted(by_name[r["weight"]] for r in t.meta["growc"]["templatize"]["layers"]) for t in (by_fx, by_export)
     ]
     assert weights[0] == weights[1]
+
+
+def _param_groups(analysis) -> list[list[str]]:
+    return sorted(sorted(str(d) for d in g.dims if d[0] == "param") for g in analysis.groups)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_channel_analysis_reads_export_graphs_like_fx(name):
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    by_fx = growc.analyze_channels(growc.trace(model), (x,))
+    by_export = growc.analyze_channels(growc.trace(model, (x,), capture="export"), (x,))
+    assert _param_groups(by_fx) == _param_groups(by_export)
+    assert sorted(map(sorted, (g.blocked for g in by_fx.groups))) == sorted(
+        map(sorted, (g.blocked for g in by_export.groups))
+    )
+
+
+def test_widen_net2net_on_an_export_capture_preserves_the_function():
+    model = ConvNet().eval()
+    x = _x()
+    gm = growc.widen(model, (x,), factor=2, method="net2net", templatize_options={"capture": "export"})
+    assert gm.meta["growc"]["widen"]["trace"]["capture"] == "export"
+    assert gm.meta["growc"]["widen"]["output"]["max_rel"] <= 1e-5
+    torch.testing.assert_close(gm.eval()(x), model(x), rtol=1e-5, atol=1e-5)

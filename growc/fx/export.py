@@ -381,14 +381,24 @@ def _batch_norm(
     return module, {"weight": w, "bias": b, "running_mean": mean, "running_var": var}
 
 
-_DROPOUT: dict[Any, Callable[[int, float], nn.Module]] = {
-    _ATEN.dropout.default: lambda rank, p: nn.Dropout(p),
-    _ATEN.alpha_dropout.default: lambda rank, p: nn.AlphaDropout(p),
-    _ATEN.feature_alpha_dropout.default: lambda rank, p: nn.FeatureAlphaDropout(p),
-    _ATEN.feature_dropout.default: lambda rank, p: (
-        nn.Dropout1d(p) if rank in (2, 3) else nn.Dropout2d(p) if rank == 4 else nn.Dropout3d(p)
-    ),
-}
+def _feature_dropout(rank: int, p: float, inplace: bool) -> nn.Module:
+    return (nn.Dropout1d if rank in (2, 3) else nn.Dropout2d if rank == 4 else nn.Dropout3d)(p, inplace)
+
+
+_DROPOUT: dict[Any, Callable[[int, float], nn.Module]] = {}
+for _inplace, _suffix in ((False, ""), (True, "_")):
+    _DROPOUT.update(
+        {
+            getattr(_ATEN, f"dropout{_suffix}").default: lambda rank, p, i=_inplace: nn.Dropout(p, i),
+            getattr(_ATEN, f"alpha_dropout{_suffix}").default: lambda rank, p, i=_inplace: nn.AlphaDropout(p, i),
+            getattr(_ATEN, f"feature_alpha_dropout{_suffix}").default: (
+                lambda rank, p, i=_inplace: nn.FeatureAlphaDropout(p, i)
+            ),
+            getattr(_ATEN, f"feature_dropout{_suffix}").default: (
+                lambda rank, p, i=_inplace: _feature_dropout(rank, p, i)
+            ),
+        }
+    )
 _STANDARD = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.Embedding,
@@ -499,7 +509,7 @@ class _Adopter:
         module = _DROPOUT[node.target](_rank(node.args[0]), p)
         path = _stack_path(node)
         own = _submodule(self.model, path) if self.model is not None and path else None
-        standard = own is not None and type(own) is type(module) and own.p == p
+        standard = own is not None and type(own) is type(module) and (own.p, own.inplace) == (p, module.inplace)
         if standard and not any(getattr(own, h) for h in _HOOKS) and _submodule(self.gm, path) in (None, own):
             if _submodule(self.gm, path) is None:
                 self.gm.add_submodule(path, own)
