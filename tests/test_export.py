@@ -350,3 +350,23 @@ def test_widen_net2net_on_an_export_capture_preserves_the_function():
     assert gm.meta["growc"]["widen"]["trace"]["capture"] == "export"
     assert gm.meta["growc"]["widen"]["output"]["max_rel"] <= 1e-5
     torch.testing.assert_close(gm.eval()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_prefers_export_when_fx_makes_a_weighted_submodule_a_leaf():
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = DataDependent()  # fx fails inside: it becomes a leaf, and its Linear would not be templated
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.inner(x))
+
+    x = torch.randn(3, 4)
+    fx_only = growc.trace(Outer(), (x,), capture="fx")
+    assert [f["module"] for f in fx_only.meta["growc"]["trace"]["fallback_leaves"]] == ["inner"]
+    gm = growc.trace(Outer(), (x,))
+    report = gm.meta["growc"]["trace"]
+    assert report["capture"] == "export" and report["reason"] == "fx made submodules holding weights leaves"
+    t = growc.templatize(Outer(), (x,))
+    assert sorted(r["weight"] for r in t.meta["growc"]["templatize"]["layers"]) == ["head.weight", "inner.fc.weight"]
