@@ -1337,3 +1337,14 @@ def write_docs(path: str | Path) -> bool:
     if new != page:
         Path(path).write_text(new)
     return new != page
+
+
+def register_builtin(rule: OpRule, call: str, targets: Iterable[Any]) -> None:
+    """Add built-in entries (``call``: ``"function"``, ``"method"`` or ``"module"``) from a module of growc's own
+    that defines rules outside this one (``growc.fx.einops_ops``); they are listed in :func:`rules_table`."""
+    if call not in ("function", "method", "module"):
+        raise GrowcConfigError(f"register_builtin: call must be function, method or module, got {call!r}")
+    _builtin(rule, call, targets)
+
+
+__all__ += ["register_builtin"]

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from torch import fx, nn
 
 from growc.errors import GrowcConfigError, GrowcTraceError
+from growc.fx.einops_ops import EINOPS_FUNCTIONS, EINOPS_LAYERS, EINOPS_MODULES
 from growc.fx.export import Dynamic, adopt, captured_by_export, export_graph, is_aten_graph
 from growc.fx.graphs import graph_module
 from growc.fx.registry import is_registered_leaf, wrapped_functions
@@ -59,15 +60,18 @@ class GrowcTracer(fx.Tracer):
         fallback_leaves: Iterable[str] = (),
     ) -> None:
         # functions registered with growc.register_op are autowrapped too: each call becomes one graph node
-        wrapped = (*autowrap_functions, *wrapped_functions())
+        # and so are einops' functions; ``einops.rearrange(...)`` calls too: einops joins fx's namespaces patched
+        # from the start (autowrap_modules=(einops,) would also wrap EinopsError, parse_shape, asnumpy)
+        wrapped = (*autowrap_functions, *wrapped_functions(), *EINOPS_FUNCTIONS)
         super().__init__(autowrap_modules=tuple(autowrap_modules), autowrap_functions=wrapped)
+        self._autowrap_search.extend(m for m in EINOPS_MODULES if m not in self._autowrap_search)
         leaves = list(leaf_modules)
         self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
         self.leaf_paths = {t for t in leaves if isinstance(t, str)} | set(fallback_leaves)
         self.failed_module: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (*GENERATED_TYPES, TemplateBank)) or is_registered_leaf(m):  # growc.register_op types
+        if isinstance(m, (*GENERATED_TYPES, TemplateBank, *EINOPS_LAYERS)) or is_registered_leaf(m):
             return True
         if module_qualified_name in self.leaf_paths:
             return True
