@@ -273,7 +273,16 @@ def max_abs_rel_error(ref: Any, out: Any) -> tuple[float, float]:
 
 
 def _has_nan(t: Tensor) -> bool:
-    return (t.is_floating_point() or t.is_complex()) and bool(t.isnan().any())
+    if not (t.is_floating_point() or t.is_complex()):
+        return False
+    # fast path: a sum that is not NaN has no NaN term (one reduction, not a mask of the tensor's size)
+    return not (t.numel() == 0 or not bool(torch.isnan(t.sum()))) and bool(t.isnan().any())
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Every entry finite. A finite sum proves it in one reduction (any NaN or infinite entry makes the sum
+    non-finite); a sum that overflows falls back to the entrywise check."""
+    return t.numel() == 0 or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 # ---- exactness tolerances ----------------------------------------------------------------------------------------
@@ -326,7 +335,7 @@ def nonfinite_tree(values: Any) -> str | None:
     """Like :func:`_nonfinite`, summed over every tensor leaf of a pytree (Python floats included)."""
     tensors = [t for t in (as_tensor(leaf) for leaf in tree_flatten(values)[0]) if t is not None]
     floating = [t for t in tensors if (t.is_floating_point() or t.is_complex()) and not t.is_meta]
-    if all(bool(torch.isfinite(t).all()) for t in floating):
+    if all(_all_finite(t) for t in floating):
         return None
     nan = sum(int(t.isnan().sum()) for t in floating)
     inf = sum(int(t.isinf().sum()) for t in floating)
