@@ -29,7 +29,7 @@ import torch
 from torch import fx, nn
 
 from growc.fx.analysis import TensorInfo, propagate_shapes
-from growc.fx.registry import has_state, op_label, rule_for, tensor_info
+from growc.fx.registry import has_state, has_tensor, op_label, rule_for, tensor_info
 
 __all__ = ["ChannelAnalysis", "ChannelGroup", "analyze_channels"]
 
@@ -230,6 +230,10 @@ def analyze_channels(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Chann
         elif node.op == "output":
             for arg in node.all_input_nodes:
                 b.block(b.dim(arg), "graph output")
+        elif info is None and has_tensor(node.meta.get("growc_shape")):
+            # several tensors out (split, chunk, einops pack/unpack): no rule maps axes into a tuple, so the groups
+            # it reads are blocked (its results start their own groups where getitem takes them apart)
+            b.opaque(node, inputs, op_label(node))
         elif info is None or node.op == "get_attr" or (node.op != "call_module" and not inputs):
             b.new(node, None)
         else:  # the op's rule from the registry says how its axes map

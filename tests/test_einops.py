@@ -411,14 +411,9 @@ def test_any_rearrange_between_convs_fuses_exactly(case: tuple[str, dict[str, in
         assert rel_error(a(x) + b(x), gm(x)) <= growc.exactness_tolerance(torch.float32)
 
 
-# ---- known gaps outside the einops rules (kept visible; they pass once the analysis blocks these groups) ---------
+# ---- channel analysis around einops: mixed-axis residual adds and tuple outputs block their groups -------------
 
 
-@pytest.mark.xfail(
-    reason="registry.Elementwise: when an operand's channels are on another axis (the Mixer's residual add of the "
-    "token MLP's output) it blocks the output's group but not that operand's, which stays 'permutable'",
-    strict=False,
-)
 def test_every_permutable_mixer_group_keeps_the_function() -> None:
     gm = growc.trace(Mixer().eval())
     analysis = growc.analyze_channels(gm, (IMAGE,))
@@ -428,11 +423,6 @@ def test_every_permutable_mixer_group_keeps_the_function() -> None:
         torch.testing.assert_close(permuted_output(gm, analysis, group, IMAGE), reference, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    reason="passes.channels: a node whose output is no tensor (pack's tuple, like torch.split's) gets no rule, so "
-    "the groups it reads are not blocked",
-    strict=False,
-)
 def test_groups_read_by_pack_are_not_permutable() -> None:
     x = torch.randn(2, 3, 4)
     analysis = growc.analyze_channels(growc.trace(EveryOp().eval()), (x,))

@@ -360,8 +360,9 @@ class Elementwise(OpRule):
                 continue  # broadcast over the channels: not coupled
             if ctx.axis_of(arg) == aligned:
                 ctx.couple(ctx.dim(arg), out, name)
-            else:
+            else:  # neither side's channels may be permuted alone: the op mixes them with the other's positions
                 ctx.block(out, f"{name} mixes a tensor whose channels are on another axis")
+                ctx.block(ctx.dim(arg), f"{name} mixes it with a tensor whose channels are on another axis")
 
     def lift(self, node: fx.Node, ctx: FuseContext) -> FuseValue | None:
         ops = _operands(node, ctx)
