@@ -71,6 +71,7 @@ __all__ = [
     "is_registered_leaf",
     "op_label",
     "op_rules",
+    "register_builtin",
     "register_op",
     "rule_for",
     "rules_table",
@@ -1020,6 +1021,14 @@ def _builtin(rule: OpRule, call: str, targets: Iterable[Any]) -> None:
         _RULES[(call, target)] = OpEntry(target, call, rule, builtin=True)
 
 
+def register_builtin(rule: OpRule, call: str, targets: Iterable[Any]) -> None:
+    """Add built-in entries (``call``: ``"function"``, ``"method"`` or ``"module"``) from a module of growc's own
+    that defines rules outside this one (``growc.fx.einops_ops``); they are listed in :func:`rules_table`."""
+    if call not in ("function", "method", "module"):
+        raise GrowcConfigError(f"register_builtin: call must be function, method or module, got {call!r}")
+    _builtin(rule, call, targets)
+
+
 def _is_stochastic_depth(target: Any) -> bool:
     return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
 
@@ -1338,14 +1347,3 @@ def write_docs(path: str | Path) -> bool:
     if new != page:
         Path(path).write_text(new)
     return new != page
-
-
-def register_builtin(rule: OpRule, call: str, targets: Iterable[Any]) -> None:
-    """Add built-in entries (``call``: ``"function"``, ``"method"`` or ``"module"``) from a module of growc's own
-    that defines rules outside this one (``growc.fx.einops_ops``); they are listed in :func:`rules_table`."""
-    if call not in ("function", "method", "module"):
-        raise GrowcConfigError(f"register_builtin: call must be function, method or module, got {call!r}")
-    _builtin(rule, call, targets)
-
-
-__all__ += ["register_builtin"]
