@@ -370,3 +370,18 @@ def test_auto_prefers_export_when_fx_makes_a_weighted_submodule_a_leaf():
     assert report["capture"] == "export" and report["reason"] == "fx made submodules holding weights leaves"
     t = growc.templatize(Outer(), (x,))
     assert sorted(r["weight"] for r in t.meta["growc"]["templatize"]["layers"]) == ["head.weight", "inner.fc.weight"]
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_unlifted_module_passes_through_templatize_and_fuse_in_the_mode_it_was_exported(mode):
+    model = ConvNet().train(mode == "train")
+    x = _x()
+    unlifted = torch.export.export(model, (x,), strict=False).module()
+    gm = growc.trace(unlifted)
+    assert gm.training is (mode == "train")  # the mode export baked, whatever the unlifted module's flag says
+    model.eval(), gm.eval()
+    assert torch.allclose(gm(x), model(x), atol=1e-6)
+    t = growc.templatize(unlifted, (x,))  # verified against the adopted graph: the unlifted one cannot switch modes
+    assert t.meta["growc"]["templatize"]["output"]["max_rel"] <= 1e-5
+    fused = growc.fuse([unlifted, unlifted], (x,), cross_init="zero")
+    assert torch.allclose(fused.eval()(x), 2 * model(x), atol=1e-5)

@@ -475,6 +475,7 @@ class _Adopter:
         self.raised: list[dict[str, str]] = []
         self.mode_aware: list[str] = []
         self.containers: dict[str, str] = {}  # container path -> the signature of the module raised there
+        self.baked: set[bool] = set()  # the training flags export baked into mode-dependent ops
 
     def run(self) -> None:
         for node in list(self.graph.nodes):
@@ -506,6 +507,7 @@ class _Adopter:
         p, train = _arg(node, 1, "p", 0.5), _arg(node, 2, "train", False)
         if not isinstance(p, float) or not isinstance(train, bool) or _rank(node.args[0]) is None:
             return
+        self.baked.add(train)
         module = _DROPOUT[node.target](_rank(node.args[0]), p)
         path = _stack_path(node)
         own = _submodule(self.model, path) if self.model is not None and path else None
@@ -529,6 +531,8 @@ class _Adopter:
         if built is None:
             return
         module, params = built
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            self.baked.add(False)  # raised only when export baked eval mode (running statistics used)
         path = _container_path(params, node)
         if not path:
             return
@@ -561,10 +565,12 @@ class _Adopter:
         return node.args[1] if node.target is _ATEN.embedding.default else node.args[0]
 
     def functional_batch_norm(self, node: fx.Node) -> None:
-        """A batch norm over attributes of no single module: its ``training`` flag follows the mode."""
+        """A batch norm over attributes of no single module, with running statistics: its ``training`` flag
+        follows the mode (a graph exported in training mode keeps its ``num_batches_tracked`` increment)."""
         training = _arg(node, 5, "training", None)
-        if training is not False:
+        if not isinstance(training, bool) or len(node.args) < 5 or node.args[3] is None:
             return
+        self.baked.add(training)
         target = _unique_path(self.gm, f"{node.name}_training")
         self.gm.get_submodule("growc_modes").add_module(target.rpartition(".")[2], ModeValue(True, False))
         with self.graph.inserting_before(node):
@@ -580,12 +586,15 @@ def adopt(gm: fx.GraphModule, model: nn.Module | None = None) -> tuple[fx.GraphM
     as a plain GraphModule (see the module docstring), with its report.
 
     ``model``, the exported module, lets standard modules be its own (hooks-free, same configuration and tensors);
-    without it, they are built around the graph's tensors from the op's arguments.
+    without it, they are built around the graph's tensors from the op's arguments. The result starts in the mode
+    export baked into its dropout and batch norm ops (an unlifted module's ``training`` flag does not say it).
     """
     adopter = _Adopter(gm, model)
     adopter.run()
     adopter.graph.lint()
     out = graph_module(gm, adopter.graph, type(model).__name__ if model is not None else "Exported")
+    if len(adopter.baked) == 1:  # the mode the graph computed in: the adopted module starts in it
+        out.train(adopter.baked.pop())
     unregistered = sorted(
         {
             str(n.target)
