@@ -611,4 +611,7 @@ def adopt(gm: fx.GraphModule, model: nn.Module | None = None) -> tuple[fx.GraphM
 
 
 def _unknown(node: fx.Node) -> bool:
-    return isinstance(rule_for(node), Opaque)
+    """An op without a rule that computes tensors (``aten.sym_size`` and other size reads are not listed)."""
+    values = node.meta.get("val")
+    values = values if isinstance(values, (list, tuple)) else [values]
+    return isinstance(rule_for(node), Opaque) and any(isinstance(v, Tensor) for v in values)
