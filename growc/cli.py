@@ -27,8 +27,9 @@ from typing import Any, get_args
 
 import torch
 
-from growc.compile.build import ARTIFACT_FILES, DTYPES
+from growc.compile.build import ARTIFACT_FILES, DTYPES, probe_inputs
 from growc.errors import GrowcConfigError, GrowcDataError, GrowcError, GrowcIOError
+from growc.fx.trace import CAPTURES
 from growc.models.zoo import BUILTIN_NAMES, default_input_shape, is_safe_reference, resolve_model
 from growc.passes.config import SEED, Init, Sharing, TemplatizeConfig
 
@@ -255,7 +256,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help=f"a built-in ({'; '.join(BUILTIN_NAMES)}), torchvision:NAME (weights=None) or package.module:factory",
+        help=f"a built-in ({'; '.join(BUILTIN_NAMES)}), torchvision:NAME (weights=None), transformers:ClassName "
+        '(--model-kwargs \'{"config": {...}}\', or a local folder as "pretrained") or package.module:factory',
     )
     p.add_argument(
         "--input-shape",
@@ -280,6 +282,20 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
         help="dotted path of a submodule not to trace into (repeatable)",
     )
     p.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON object of keyword arguments for MODEL")
+    p.add_argument(
+        "--vocab",
+        type=_bounded(1, 2**31 - 1),
+        default=None,
+        metavar="N",
+        help="the example input is int64 token ids in [0, N) (e.g. for transformers:BertModel), not standard normal",
+    )
+    p.add_argument(
+        "--capture",
+        choices=CAPTURES,
+        default=TemplatizeConfig.capture,
+        help=f"how MODEL is captured: fx, export (torch.export) or auto (fx, else export; default "
+        f"{TemplatizeConfig.capture})",
+    )
 
 
 def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, tuple[int, ...]]:
@@ -298,7 +314,11 @@ def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.T
     shape = args.input_shape or default_input_shape(args.model)
     if shape is None:
         raise GrowcError(f"model '{args.model}' has no default input shape: pass --input-shape, e.g. 1,3,224,224")
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)).to(dtype)
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.vocab is not None:
+        example = torch.randint(0, args.vocab, shape, generator=generator, dtype=torch.int64)
+    else:
+        example = torch.randn(shape, generator=generator).to(dtype)
     return model, example, shape
 
 
@@ -329,7 +349,7 @@ def _channels(args: argparse.Namespace) -> int:
     if args.dot:
         _output_file(args.dot, overwrite=args.overwrite)
     model, example, shape = _model_and_input(args)
-    analysis = analyze_channels(trace(model, leaf_modules=args.leaf), (example,))
+    analysis = analyze_channels(trace(model, (example,), capture=args.capture, leaf_modules=args.leaf), (example,))
     print(f"growc channels {args.model} (input {list(shape)})")
     print(analysis.summary())
     if args.dot:
@@ -408,6 +428,7 @@ def _templatize(args: argparse.Namespace) -> int:
         seed=args.seed,
         window=args.window,
         leaf_modules=args.leaf,
+        capture=args.capture,
     )
     report = gm.meta["growc"]["templatize"]
     if args.out:
@@ -485,14 +506,14 @@ def _show(args: argparse.Namespace) -> int:
         from growc.io import load_state_dict
 
         probe = target / "probe.safetensors"
-        example = load_state_dict(probe).get("input") if probe.is_file() else None
+        example = probe_inputs(load_state_dict(probe)) if probe.is_file() else None
     else:
         plan = check_spec(target)
         print(_json(plan) if args.json else format_plan(plan))
         if not drawing:
             return 0
         result = compile_spec(target)
-        model, example = result.model, result.example
+        model, example = result.model, result.inputs
     if args.graph:
         print(f"wrote {write_graphic(graph_dot(model, title=target.name), args.graph, overwrite=args.overwrite)}")
     if args.channels:
@@ -500,7 +521,7 @@ def _show(args: argparse.Namespace) -> int:
 
         if example is None:
             raise GrowcError(f"'{target}' has no probe.safetensors: the channel analysis needs an example input")
-        dot = analyze_channels(model, (example,)).to_dot()
+        dot = analyze_channels(model, example).to_dot()
         print(f"wrote {write_graphic(dot, args.channels, overwrite=args.overwrite)}")
     if args.heatmap:
         title = f"coefficients of {target.name}"

@@ -79,7 +79,7 @@ growth:
     [
         (
             VALID.replace("input: {shape: [2, 1, 40]}", "input: {shape: [2, 1, 40], dtyp: float32}"),
-            "spec.yaml:5:28: input.dtyp: unknown key 'dtyp' (allowed here: shape, dtype)",
+            "spec.yaml:5:28: input.dtyp: unknown key 'dtyp' (allowed here: shape, dtype, vocab, fill)",
         ),
         (
             VALID.replace("[2, 1, 40]", "[2, '1', 40]"),
@@ -95,7 +95,8 @@ growth:
         ),
         (
             VALID.replace("input: {shape: [2, 1, 40]}\n", ""),
-            "spec.yaml:1:1: input: missing required key 'input' (the example input)",
+            "spec.yaml:1:1: input: missing required key 'input' (the example input, or a list of them: the model's "
+            "positional inputs)",
         ),
         (
             VALID.replace("{cross_init: zero}", "{cross_init: zeros}"),

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from growc.io import (
     sha256_file,
     write_json,
 )
-from growc.models.zoo import ModelBuildError, is_safe_reference, resolve_model
+from growc.models.zoo import ModelBuildError, is_safe_reference, resolve_model, structure_only
 from growc.spec.document import GrowcSpecError
 from growc.spec.growth import GrowthSpec, load_spec
 
@@ -48,12 +49,15 @@ __all__ = [
     "GrowResult",
     "check_spec",
     "compile_spec",
+    "example_input",
+    "example_inputs",
     "format_plan",
     "format_report",
     "grow",
     "implied_size",
     "is_artifact",
     "load",
+    "probe_inputs",
     "write_artifact",
 ]
 
@@ -74,31 +78,74 @@ def is_artifact(folder: Path) -> bool:
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: the dtypes of example inputs: a model's (DTYPES) and token ids / masks
+INPUT_DTYPES = {**DTYPES, "int64": torch.int64}
 
 
 @dataclass
 class GrowResult:
-    """A compiled growth: the grown model, the example input, and the report."""
+    """A compiled growth: the grown model, the example input (the first, with several), the report, and every
+    example input (the model's positional inputs, in order)."""
 
     model: fx.GraphModule
     example: torch.Tensor
     report: dict[str, Any]
+    inputs: tuple[torch.Tensor, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            self.inputs = (self.example,)
 
 
 def _as_spec(spec: GrowthSpec | str | Path) -> GrowthSpec:
     return spec if isinstance(spec, GrowthSpec) else load_spec(spec)
 
 
-def example_input(spec: GrowthSpec) -> torch.Tensor:
-    """The spec's example input: standard normal of ``input.shape``, drawn from ``seed``."""
+def example_inputs(spec: GrowthSpec) -> tuple[torch.Tensor, ...]:
+    """The spec's example inputs, in order, drawn from one generator seeded with ``seed``: standard normal for a
+    float input, ``randint(0, vocab)`` for token ids, ``fill`` everywhere for a constant (a mask)."""
     generator = torch.Generator().manual_seed(spec.seed)
-    return torch.randn(spec.input.shape, generator=generator).to(DTYPES[spec.input.dtype])
+    inputs = []
+    for x in spec.inputs:
+        dtype = INPUT_DTYPES[x.dtype]
+        if x.fill is not None:
+            inputs.append(torch.full(x.shape, x.fill, dtype=dtype))
+        elif x.vocab is not None:
+            inputs.append(torch.randint(0, x.vocab, x.shape, generator=generator, dtype=dtype))
+        else:
+            inputs.append(torch.randn(x.shape, generator=generator).to(dtype))
+    return tuple(inputs)
+
+
+def example_input(spec: GrowthSpec) -> torch.Tensor:
+    """The spec's (first) example input (:func:`example_inputs`)."""
+    return example_inputs(spec)[0]
+
+
+def probe_inputs(probe: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The example inputs a ``probe.safetensors`` holds: ``input``, or ``input.0``, ``input.1``, ... in order."""
+    if "input" in probe:
+        return (probe["input"],)
+    inputs = []
+    while f"input.{len(inputs)}" in probe:
+        inputs.append(probe[f"input.{len(inputs)}"])
+    return tuple(inputs)
+
+
+def _probe_input_keys(n: int) -> list[str]:
+    return ["input"] if n == 1 else [f"input.{i}" for i in range(n)]
 
 
 def template_options(spec: GrowthSpec) -> dict[str, Any]:
     """The keyword arguments of :func:`growc.templatize` that the spec's template policy (and trace) sets."""
+    from growc.passes.config import TemplatizeConfig
+
     t = spec.templates
     options: dict[str, Any] = {"sharing": t.sharing, "templates": t.per_bank, "init": t.init, "window": t.window}
+    if spec.trace.capture != TemplatizeConfig.capture:
+        options["capture"] = spec.trace.capture
+    if spec.trace.dynamic != TemplatizeConfig.dynamic:
+        options["dynamic"] = spec.trace.dynamic
     if spec.trace.leaf_modules:
         options["leaf_modules"] = list(spec.trace.leaf_modules)
     if t.layers is not None:
@@ -123,15 +170,25 @@ def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True, trust_co
             f"'{parent.model}' imports and runs code named by this file; load it with trust_code=True "
             "(growc show --trust-code) only if you trust where it came from",
         )
+    kwargs = dict(parent.kwargs)
+    folder = spec.pretrained_folder(index)
+    if folder is not None:
+        if not folder.is_dir():
+            raise doc.error(
+                ("parents", index, "kwargs", "pretrained"),
+                f"the pretrained folder '{folder}' does not exist (or is not a folder): growc loads transformers "
+                "models from a local folder only and never downloads",
+            )
+        kwargs["pretrained"] = str(folder)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), structure_only() if not weights else _nothing():
             torch.manual_seed(spec.seed + index)
-            model = resolve_model(parent.model, **parent.kwargs)
+            model = resolve_model(parent.model, **kwargs)
     except ModelBuildError as error:
         raise doc.error(("parents", index, "kwargs"), str(error)) from None
     except GrowcError as error:
         raise doc.error(("parents", index, "model"), str(error)) from None
-    model = model.to(DTYPES[spec.input.dtype]).train(spec.trace.mode == "train")
+    model = model.to(DTYPES[spec.model_dtype]).train(spec.trace.mode == "train")
     if not weights or parent.weights is None:
         return model
     path = spec.base_dir / parent.weights
@@ -142,14 +199,18 @@ def build_parent(spec: GrowthSpec, index: int, *, weights: bool = True, trust_co
         raise doc.error(where, str(error)) from None
     target: nn.Module = model
     if any(k.startswith("growc_banks.") for k in tensors):
-        target = templatize(
-            model, (example_input(spec),), seed=spec.seed + index, verify=False, **template_options(spec)
-        )
+        target = templatize(model, example_inputs(spec), seed=spec.seed + index, verify=False, **template_options(spec))
     try:
         load_into(target, tensors, f"weights file '{path}'")
     except GrowcError as error:
         raise doc.error(where, str(error)) from None
     return target
+
+
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 MAX_ELEMENTS = 2**31  # parameters and buffers of the grown network: 8 GiB of float32
@@ -180,8 +241,12 @@ def implied_size(spec: GrowthSpec, *, trust_code: bool = True) -> dict[str, Any]
         counts[name] = None
         if trust_code or is_safe_reference(parent.model):
             try:
-                with torch.random.fork_rng(devices=[]), torch.device("meta"):
-                    model = resolve_model(parent.model, **parent.kwargs)
+                kwargs = dict(parent.kwargs)
+                folder = spec.pretrained_folder(spec.parents.index(parent))
+                if folder is not None:
+                    kwargs["pretrained"] = str(folder)
+                with torch.random.fork_rng(devices=[]), torch.device("meta"), structure_only():
+                    model = resolve_model(parent.model, **kwargs)
                 counts[name] = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
             except GrowcError:
                 pass
@@ -190,7 +255,7 @@ def implied_size(spec: GrowthSpec, *, trust_code: bool = True) -> dict[str, Any]
     known = [n for n in parents if n is not None]
     biggest = max(known, default=0)
     grown = biggest * factor * factor * spec.templates.per_bank  # each weight may become per_bank templates
-    size = torch.finfo(DTYPES[spec.input.dtype]).bits // 8
+    size = torch.finfo(DTYPES[spec.model_dtype]).bits // 8
     return {"parents": parents, "factor": factor, "grown": grown, "bytes": grown * size}
 
 
@@ -207,7 +272,7 @@ def _check_size(spec: GrowthSpec, trust_code: bool) -> dict[str, Any]:
         raise spec.doc.error(
             ("growth",),
             f"the steps make the parents {size['factor']}x wider: up to {size['grown']:,} parameters and buffers "
-            f"({size['bytes'] / 2**30:.1f} GiB of {spec.input.dtype}), more than growc's bound of {MAX_ELEMENTS:,} "
+            f"({size['bytes'] / 2**30:.1f} GiB of {spec.model_dtype}), more than growc's bound of {MAX_ELEMENTS:,} "
             f"({MAX_BYTES >> 30} GiB); nothing was allocated",
         )
     return size
@@ -231,7 +296,8 @@ def _validate(spec: GrowthSpec, parents: list[nn.Module]) -> dict[str, Any]:
     from growc.passes import layer_matches, templatable_weights
 
     doc = spec.doc
-    x = example_input(spec)
+    xs = example_inputs(spec)
+    where = ("input", "shape") if not isinstance(spec.input, list) else ("input",)
     plan_parents = []
     names: list[str] = []
     for i, model in enumerate(parents):
@@ -245,12 +311,21 @@ def _validate(spec: GrowthSpec, parents: list[nn.Module]) -> dict[str, Any]:
                         ("trace", "leaf_modules", j), f"parent {i} ({spec.parents[i].model}) has no submodule '{path}'"
                     ) from None
         try:
-            gm = model if isinstance(model, fx.GraphModule) else trace(model, leaf_modules=spec.trace.leaf_modules)
-            propagate_shapes(gm, (x,))
+            gm = (
+                model
+                if isinstance(model, fx.GraphModule)
+                else trace(
+                    model,
+                    xs,
+                    capture=spec.trace.capture,
+                    dynamic=spec.trace.dynamic,
+                    leaf_modules=spec.trace.leaf_modules,
+                )
+            )
+            propagate_shapes(gm, xs)
         except GrowcError as error:
-            raise doc.error(
-                ("input", "shape"), f"parent {i} ({spec.parents[i].model}) fails on an input of this shape: {error}"
-            ) from None
+            shape = "of this shape" if len(xs) == 1 else "of these shapes"
+            raise doc.error(where, f"parent {i} ({spec.parents[i].model}) fails on an input {shape}: {error}") from None
         if i == 0:
             names = (
                 templatable_weights(gm)
@@ -301,7 +376,7 @@ def _validate(spec: GrowthSpec, parents: list[nn.Module]) -> dict[str, Any]:
         "name": spec.name,
         "spec": spec.doc.file,
         "seed": spec.seed,
-        "input": {"shape": spec.input.shape, "dtype": spec.input.dtype},
+        "input": _plan_input(spec),
         "parents": plan_parents,
         "templates": {**spec.templates.model_dump(mode="json"), "weights": len(names), "selected": len(selected)},
         "steps": steps,
@@ -310,10 +385,23 @@ def _validate(spec: GrowthSpec, parents: list[nn.Module]) -> dict[str, Any]:
     }
 
 
+def _plan_input(spec: GrowthSpec) -> dict[str, Any] | list[dict[str, Any]]:
+    def entry(x: Any) -> dict[str, Any]:
+        item: dict[str, Any] = {"shape": x.shape, "dtype": x.dtype}
+        item.update({k: getattr(x, k) for k in ("vocab", "fill") if getattr(x, k) is not None})
+        return item
+
+    return [entry(x) for x in spec.input] if isinstance(spec.input, list) else entry(spec.input)
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as text: parents, template policy, steps."""
     lines = [f"growc plan for {plan['spec']}" + (f" ({plan['name']})" if plan["name"] else "")]
-    lines.append(f"input {plan['input']['shape']} {plan['input']['dtype']}, seed {plan['seed']}")
+    shown = []
+    for x in plan["input"] if isinstance(plan["input"], list) else [plan["input"]]:
+        extra = "".join(f" {k}={x[k]:g}" for k in ("vocab", "fill") if k in x)
+        shown.append(f"{x['shape']} {x['dtype']}{extra}")
+    lines.append(f"input {', '.join(shown)}, seed {plan['seed']}")
     for i, p in enumerate(plan["parents"]):
         kwargs = ", ".join(f"{k}={v!r}" for k, v in p["kwargs"].items())
         weights = p["weights"] or "random init"
@@ -354,7 +442,7 @@ def compile_spec(
 
     spec = _as_spec(spec)
     size = _check_size(spec, trust_code)
-    x = example_input(spec)
+    xs = example_inputs(spec)
     start = time.perf_counter()
     parents = [build_parent(spec, i, weights=weights, trust_code=trust_code) for i in range(len(spec.parents))]
     if verify:
@@ -368,10 +456,10 @@ def compile_spec(
         try:
             config = step.options()
             if step.kind == "fuse":
-                gm = fuse(parents, (x,), **config, seed=spec.seed, templatize_options=options, verify=verify)
+                gm = fuse(parents, xs, **config, seed=spec.seed, templatize_options=options, verify=verify)
             else:
                 base = parents[0] if gm is None else gm
-                gm = widen(base, (x,), **config, seed=spec.seed + i, templatize_options=options, verify=verify)
+                gm = widen(base, xs, **config, seed=spec.seed + i, templatize_options=options, verify=verify)
             pass_report = gm.meta["growc"][step.kind]
         except GrowcSpecError:
             raise
@@ -410,20 +498,41 @@ def compile_spec(
         "seconds": round(time.perf_counter() - start, 4),
     }
     gm.meta["growc"]["grow"] = report
-    return GrowResult(gm, x, report)
+    return GrowResult(gm, xs[0], report, xs)
 
 
-def _eval_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _flat_outputs(out: Any, prefix: str = "output") -> dict[str, torch.Tensor]:
+    """A model's output as named tensors: ``output`` for one tensor; ``output.KEY`` / ``output.I`` for the fields of
+    a mapping (a transformers ``ModelOutput``) or a tuple, nested ones dotted further; ``None`` fields left out."""
+    if isinstance(out, torch.Tensor):
+        return {prefix: out.detach()}
+    if isinstance(out, Mapping):
+        items: Any = out.items()
+    elif isinstance(out, (tuple, list)):
+        items = enumerate(out)
+    else:
+        raise GrowcError(
+            f"the grown model returns {type(out).__name__} at '{prefix}'; artifacts need tensors (or mappings and "
+            "tuples of them)"
+        )
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        if value is not None:
+            flat.update(_flat_outputs(value, f"{prefix}.{key}"))
+    if not flat:
+        raise GrowcError(f"the grown model's output '{prefix}' holds no tensor")
+    return flat
+
+
+def _eval_output(model: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = model(*inputs)
     finally:
         model.train(was)
-    if not isinstance(out, torch.Tensor):
-        raise GrowcError(f"the grown model returns {type(out).__name__}; artifacts need a single output tensor")
-    return out.detach()
+    return _flat_outputs(out)
 
 
 def grow(
@@ -455,7 +564,7 @@ def grow(
         for p in spec.parents
     ]
     result.report = write_artifact(
-        dest, spec, result.model, result.example, {"inputs": inputs, **result.report}, overwrite=overwrite
+        dest, spec, result.model, result.inputs, {"inputs": inputs, **result.report}, overwrite=overwrite
     )
     return dest, result
 
@@ -464,7 +573,7 @@ def write_artifact(
     dest: str | Path,
     spec: GrowthSpec,
     gm: fx.GraphModule,
-    example: torch.Tensor,
+    example: torch.Tensor | Sequence[torch.Tensor],
     report: dict[str, Any],
     *,
     overwrite: bool = False,
@@ -472,13 +581,14 @@ def write_artifact(
     """Write ``gm`` as an artifact folder of ``spec`` (atomically) and return the full report written.
 
     ``gm`` must be the graph :func:`compile_spec` builds from ``spec`` (with any weights, e.g. after training):
-    :func:`load` rebuilds it from the resolved spec.
+    :func:`load` rebuilds it from the resolved spec. ``example`` is the example input, or every one in order.
     """
     from growc.version import __version__
 
     dest = check_destination(dest, overwrite=overwrite, replaceable=is_artifact, what=ARTIFACT_WHAT)
-    output = _eval_output(gm, example)
-    bad = int((~torch.isfinite(output)).sum()) if output.is_floating_point() else 0
+    inputs = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    outputs = _eval_output(gm, inputs)
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in outputs.values() if t.is_floating_point())
     if bad:
         raise GrowcDataError(
             f"the grown model's output on the example input holds {bad} NaN or infinite value(s): no artifact is "
@@ -487,7 +597,8 @@ def write_artifact(
     with atomic_directory(dest, overwrite=overwrite, replaceable=is_artifact, what=ARTIFACT_WHAT) as tmp:
         meta = {"format": "growc-artifact", "growc": __version__}
         save_state_dict(gm, tmp / "model.safetensors", metadata=meta)
-        save_tensors({"input": example, "output": output}, tmp / "probe.safetensors", metadata=meta)
+        probe = dict(zip(_probe_input_keys(len(inputs)), inputs, strict=True))
+        save_tensors({**probe, **outputs}, tmp / "probe.safetensors", metadata=meta)
         header = (
             f"# growc {__version__}: the resolved spec of this artifact (every default filled in).\n"
             f"# growc.load() rebuilds the model from it; source: {spec.doc.file}\n"
@@ -501,12 +612,18 @@ def write_artifact(
             "growc": __version__,
             "source": str(Path(spec.doc.file).resolve()) if Path(spec.doc.file).exists() else spec.doc.file,
             **report,
-            "probe": {"shape": list(example.shape), "tolerance": probe_tolerance(example.dtype)},
+            "probe": {**_probe_shapes(inputs), "tolerance": probe_tolerance(DTYPES[spec.model_dtype])},
             "files": {name: {"sha256": sha256_file(tmp / name)} for name in ("model.safetensors", "probe.safetensors")},
         }
         write_json(tmp / "report.json", full)
         (tmp / "report.txt").write_text(format_report(full) + "\n")
     return full
+
+
+def _probe_shapes(inputs: Sequence[Any]) -> dict[str, Any]:
+    """The input shapes report.json's probe records: ``shape`` for one input, ``shapes`` for several."""
+    shapes = [list(x.shape) for x in inputs]
+    return {"shape": shapes[0]} if len(shapes) == 1 else {"shapes": shapes}
 
 
 def _artifact_report(root: Path) -> dict[str, Any]:
@@ -541,10 +658,13 @@ def _check_recorded(root: Path, report: dict[str, Any], spec: GrowthSpec, trust_
     recorded_size = report.get("size")
     shown = recorded_size.get("parents") if isinstance(recorded_size, dict) else recorded_size
     probe = report.get("probe")
-    recorded_input = probe.get("shape") if isinstance(probe, dict) else None
-    if recorded_input != list(spec.input.shape):
+    implied_input = _probe_shapes(spec.inputs)
+    recorded_input = {k: probe.get(k) for k in implied_input} if isinstance(probe, dict) else None
+    if recorded_input != implied_input:
+        key, value = next(iter(implied_input.items()))
+        shown = recorded_input.get(key) if isinstance(recorded_input, dict) else None
         raise GrowcError(
-            f"{where}: the spec's input shape is {list(spec.input.shape)}, the report recorded {recorded_input!r}: "
+            f"{where}: the spec's input {key} is {value}, the report recorded {shown!r}: "
             "the artifact was modified after growc grow wrote it"
         )
     if recorded_size is not None and (
@@ -603,7 +723,7 @@ def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -
     probe_path = root / "probe.safetensors"
     spec = load_spec(root / "spec.yaml")
     _check_recorded(root, report, spec, trust_code)  # bounds the build below before anything is allocated
-    gm = compile_spec(spec, verify=False, weights=False, trust_code=trust_code).model
+    gm = compile_spec(spec, verify=False, weights=False, trust_code=trust_code).model  # structure only
     load_into(gm, load_state_dict(weights), f"weights file '{weights}'")  # names the key of any mismatch
     for name, path in (("model.safetensors", weights), ("probe.safetensors", probe_path)):
         if sha256_file(path) != report["files"][name]["sha256"]:
@@ -613,27 +733,50 @@ def load(folder: str | Path, *, verify: bool = True, trust_code: bool = False) -
             )
     gm.meta["growc"]["artifact"] = report
     if verify:
-        probe = load_state_dict(probe_path)
-        if set(probe) != {"input", "output"}:
-            raise GrowcError(f"'{probe_path}' must hold exactly 'input' and 'output'")
-        x, want = probe["input"], probe["output"]
-        if list(x.shape) != list(spec.input.shape) or x.dtype != DTYPES[spec.input.dtype]:
+        _verify_probe(gm, spec, probe_path)
+    return gm
+
+
+def _verify_probe(gm: fx.GraphModule, spec: GrowthSpec, probe_path: Path) -> None:
+    """The rebuilt model's eval outputs on the probe's inputs must be the saved outputs (keys, shapes, values)."""
+    probe = load_state_dict(probe_path)
+    input_keys = _probe_input_keys(len(spec.inputs))
+    want = {k: v for k, v in probe.items() if k == "output" or k.startswith("output.")}
+    extra = sorted(set(probe) - set(input_keys) - set(want))
+    if extra or not want or any(k not in probe for k in input_keys):
+        raise GrowcError(
+            f"'{probe_path}' must hold exactly {', '.join(repr(k) for k in input_keys)} and the outputs ('output' or "
+            f"'output.*'); it holds {', '.join(sorted(probe))}"
+        )
+    inputs = tuple(probe[k] for k in input_keys)
+    for key, x, declared in zip(input_keys, inputs, spec.inputs, strict=True):
+        if list(x.shape) != list(declared.shape) or x.dtype != INPUT_DTYPES[declared.dtype]:
             raise GrowcError(
-                f"'{probe_path}' holds an input of shape {list(x.shape)} and dtype {x.dtype}; the spec's is "
-                f"{spec.input.shape} {spec.input.dtype}"
+                f"'{probe_path}' holds {'an input' if key == 'input' else key} of shape {list(x.shape)} and dtype "
+                f"{x.dtype}; the spec's is "
+                f"{declared.shape} {declared.dtype}"
             )
-        got = _eval_output(gm, x)
-        if got.shape != want.shape:
-            raise GrowcError(f"the rebuilt model outputs shape {list(got.shape)}; the probe saved {list(want.shape)}")
-        scale = want.float().abs().max().clamp_min(1e-12)
-        error = (got.float() - want.float()).abs().max() / scale
-        tolerance = probe_tolerance(x.dtype)
+    got = _eval_output(gm, inputs)
+    if sorted(got) != sorted(want):
+        raise GrowcError(
+            f"the rebuilt model outputs {', '.join(sorted(got))}; the probe saved {', '.join(sorted(want))}"
+        )
+    tolerance = probe_tolerance(DTYPES[spec.model_dtype])
+    for key, saved in want.items():
+        if got[key].shape != saved.shape:
+            raise GrowcError(
+                f"the rebuilt model outputs shape {list(got[key].shape)}"
+                + (f" at '{key}'" if key != "output" else "")
+                + f"; the probe saved {list(saved.shape)}"
+            )
+        scale = saved.float().abs().max().clamp_min(1e-12) if saved.numel() else torch.tensor(1.0)
+        error = (got[key].float() - saved.float()).abs().max() / scale if saved.numel() else torch.tensor(0.0)
         if not error <= tolerance:
             raise GrowcError(
-                f"the rebuilt model's output on the probe input differs from the saved one (max rel "
-                f"{float(error):.3e} > {tolerance:g}): the artifact does not reproduce with this growc/torch"
+                f"the rebuilt model's output{'' if key == 'output' else f' {key!r}'} on the probe input differs from "
+                f"the saved one (max rel {float(error):.3e} > {tolerance:g}): the artifact does not reproduce with "
+                "this growc/torch"
             )
-    return gm
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -8,6 +8,9 @@ A model reference is one of:
 * ``resnet-D-W``: ImageNet ResNet-D (18, 34, 50, 101, 152) with every channel count scaled by W (e.g.
   ``resnet-50-0.5``, the half-width parent of the paper's ImageNet experiment);
 * ``torchvision:NAME`` (``torchvision.models.get_model(NAME, weights=None)``);
+* ``transformers:ClassName``: a Hugging Face ``transformers`` model class, built from ``kwargs.config`` (its own
+  config class's options) or loaded from a local ``kwargs.pretrained`` folder, never downloaded
+  (:mod:`growc.models.hf`);
 * ``package.module:factory`` (any importable callable returning an ``nn.Module``).
 
 Every built-in knows a default input shape (:func:`default_input_shape`), so ``growc templatize wrn-16-4`` needs
@@ -27,6 +30,7 @@ from torch import nn
 
 from growc.errors import GrowcConfigError, GrowcError
 from growc.models.architectures import CNN1d, ResNet, WideResNet
+from growc.models.hf import build_hf_model, is_hf_reference, structure_only
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -36,6 +40,7 @@ __all__ = [
     "is_safe_reference",
     "no_downloads",
     "resolve_model",
+    "structure_only",
 ]
 
 
@@ -70,8 +75,14 @@ def _builtin(name: str) -> tuple[Callable[..., nn.Module], dict[str, str], tuple
 
 
 def is_safe_reference(ref: str) -> bool:
-    """Whether building ``ref`` runs only growc's or torchvision's own model code (no import of a named module)."""
-    return ref in SAFE_FACTORIES or ref.startswith("torchvision:") or _builtin(ref) is not None
+    """Whether building ``ref`` runs only growc's, torchvision's or transformers' own model code (no import of a
+    named module; transformers never runs remote code)."""
+    return (
+        ref in SAFE_FACTORIES
+        or ref.startswith("torchvision:")
+        or (is_hf_reference(ref) and ":" not in ref[len("transformers:") :])
+        or _builtin(ref) is not None
+    )
 
 
 def default_input_shape(ref: str) -> tuple[int, ...] | None:
@@ -190,8 +201,9 @@ def _torchvision_weights_kwargs(ref: str, builder: Callable[..., nn.Module], kwa
 def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
     """Build the model a reference names (see the module docstring); ``kwargs`` go to its factory.
 
-    Building never reaches the network: torchvision's ``weights*`` arguments are all None (a given one is an error)
-    and the factory runs under :func:`no_downloads`. A factory that rejects its arguments or fails is a
+    Building never reaches the network: torchvision's ``weights*`` arguments are all None (a given one is an error),
+    a ``transformers:`` model is built from its config or a local folder, offline, and the factory runs under
+    :func:`no_downloads`. A factory that rejects its arguments or fails is a
     :class:`~growc.errors.GrowcConfigError` naming the reference.
     """
     found = _builtin(ref)
@@ -209,6 +221,8 @@ def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
         builder = torchvision.models.get_model_builder(name)
         _torchvision_weights_kwargs(ref, builder, kwargs)
         return _call(ref, lambda: builder(**kwargs))
+    if is_hf_reference(ref):
+        return _call(ref, lambda: build_hf_model(ref, kwargs))
     if ":" in ref:
         module_name, _, attr = ref.partition(":")
         try:
@@ -234,8 +248,8 @@ def resolve_model(ref: str, **kwargs: Any) -> nn.Module:
             raise GrowcConfigError(f"'{ref}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
     raise GrowcConfigError(
-        f"unknown model '{ref}': use a built-in ({', '.join(BUILTIN_NAMES)}), 'torchvision:NAME' "
-        "or 'package.module:factory'"
+        f"unknown model '{ref}': use a built-in ({', '.join(BUILTIN_NAMES)}), 'torchvision:NAME', "
+        "'transformers:ClassName' or 'package.module:factory'"
     )
 
 

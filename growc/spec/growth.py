@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
+from growc.fx.trace import Capture
 from growc.passes.config import (
     CrossInit,
     CrossTemplates,
@@ -70,6 +71,8 @@ SPEC_VERSION = 1
 MAX_FACTOR = 64  # a larger factor in one step is a typo (and would not fit in memory)
 MAX_TOTAL_FACTOR = 64  # the product of every step's factor: 64x wider is 4096x the weights
 MAX_PARENTS = MAX_FACTOR  # a fusion step's factor is the number of parents
+MAX_INPUTS = 16  # positional example inputs of a model
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 PositiveInt = Annotated[int, Field(ge=1)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -78,9 +81,14 @@ class ParentSpec(SpecModel):
     """One parent network."""
 
     model: NonEmpty = Field(
-        description="model reference: a built-in (wrn-D-K, cnn1d-W), torchvision:NAME or package.module:factory"
+        description="model reference: a built-in (wrn-D-K, cnn1d-W), torchvision:NAME, transformers:ClassName or "
+        "package.module:factory"
     )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model's factory")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the model's factory; transformers:ClassName takes config (its config "
+        "class's options) and pretrained (a local folder, relative to the spec file)",
+    )
     weights: NonEmpty | None = Field(
         default=None,
         description="safetensors file with the parent's weights (plain or templatized state dict), relative to the "
@@ -95,14 +103,34 @@ class ParentSpec(SpecModel):
 
 
 class InputSpec(SpecModel):
-    """The example input used to trace, propagate shapes and check outputs."""
+    """One example input, used to trace, propagate shapes and check outputs: standard normal (a float dtype), token
+    ids in ``[0, vocab)`` (``int64`` with ``vocab``) or every element ``fill`` (e.g. an attention mask of ones)."""
 
     shape: list[PositiveInt] = Field(
         min_length=1, max_length=8, description="shape of the example input, batch first (at most 2**28 elements)"
     )
-    dtype: Literal["float32", "float64", "float16", "bfloat16"] = Field(
-        default="float32", description="dtype of the input and of the model"
+    dtype: Literal["float32", "float64", "float16", "bfloat16", "int64"] = Field(
+        default="float32",
+        description="dtype of the input; a float input's dtype is the model's too (int64: token ids or a mask)",
     )
+    vocab: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = Field(
+        default=None, description="int64: token ids drawn uniformly from [0, vocab), seeded by the spec's seed"
+    )
+    fill: Annotated[float, Field(ge=-1e9, le=1e9)] | None = Field(
+        default=None, description="every element this value instead of a random draw (e.g. 1 for an attention mask)"
+    )
+
+
+def _input_form(value: Any) -> str:
+    return "list" if isinstance(value, list) else "one"
+
+
+#: ``input:`` is one input (a mapping) or a list of them (the model's positional inputs, in order)
+Inputs = Annotated[
+    Annotated[InputSpec, Tag("one")]
+    | Annotated[list[InputSpec], Tag("list"), Field(min_length=1, max_length=MAX_INPUTS)],
+    Discriminator(_input_form),
+]
 
 
 class TraceSpec(SpecModel):
@@ -114,6 +142,15 @@ class TraceSpec(SpecModel):
     mode: Literal["train", "eval"] = Field(
         default="train",
         description="the mode the models are traced in (Python-level `if self.training` branches are fixed then)",
+    )
+    capture: Capture = Field(
+        default=TemplatizeConfig.capture,
+        description="how the parents are captured: fx (symbolic tracing), export (torch.export) or auto (fx, and "
+        "export when fx cannot trace the model: Hugging Face transformers models)",
+    )
+    dynamic: bool = Field(
+        default=TemplatizeConfig.dynamic,
+        description="export only: mark the batch dim (and the sequence dim of integer inputs) dynamic",
     )
 
 
@@ -202,13 +239,35 @@ class GrowthSpec(Document):
         default=0, description="seeds parents' initialization, templatization and cross inits"
     )
     parents: list[ParentSpec] = Field(min_length=1, description="the parent networks (one architecture)")
-    input: InputSpec = Field(description="the example input")
+    input: Inputs = Field(description="the example input, or a list of them: the model's positional inputs")
     trace: TraceSpec = Field(default_factory=TraceSpec, description="tracing options")
     templates: TemplateSpec = Field(default_factory=TemplateSpec, description="the template policy")
     growth: list[StepSpec] = Field(min_length=1, description="the growth steps, applied in order")
     output: OutputSpec | None = Field(default=None, description="the artifact folder (or growc grow --out)")
 
     _version = field_validator("growc", mode="before")(exact_int)
+
+    @property
+    def inputs(self) -> list[InputSpec]:
+        """The example inputs, in order (one for the single-input form)."""
+        return list(self.input) if isinstance(self.input, list) else [self.input]
+
+    def input_path(self, i: int) -> tuple[str | int, ...]:
+        """Where input ``i`` is in the document (for located errors)."""
+        return ("input", i) if isinstance(self.input, list) else ("input",)
+
+    @property
+    def model_dtype(self) -> str:
+        """The parents' dtype: the float inputs' dtype (float32 when every input is an integer one)."""
+        return next((x.dtype for x in self.inputs if x.dtype in FLOAT_DTYPES), "float32")
+
+    def pretrained_folder(self, index: int) -> Path | None:
+        """Parent ``index``'s ``kwargs.pretrained`` folder (a ``transformers:`` model), relative to the spec file."""
+        parent = self.parents[index]
+        value = parent.kwargs.get("pretrained")
+        if not parent.model.startswith("transformers:") or not isinstance(value, str) or not value:
+            return None
+        return self.base_dir / value
 
     def is_fusion(self, step: int) -> bool:
         """Whether step ``step`` fuses several parents (only the first step can)."""
@@ -225,9 +284,16 @@ class GrowthSpec(Document):
     def resolved(self) -> dict[str, Any]:
         """The spec with every default filled in, as plain data (what an artifact's spec.yaml holds)."""
         data = self.model_dump(mode="json")
-        for parent in data["parents"]:
+        for x in data["input"] if isinstance(data["input"], list) else [data["input"]]:
+            for key in ("vocab", "fill"):  # only where given: a float input's resolved form stays shape and dtype
+                if x[key] is None:
+                    del x[key]
+        for i, parent in enumerate(data["parents"]):
             if parent["weights"] is not None:
                 parent["weights"] = str((self.base_dir / parent["weights"]).resolve())
+            folder = self.pretrained_folder(i)
+            if folder is not None:
+                parent["kwargs"]["pretrained"] = str(folder.resolve())
         return data
 
 
@@ -281,25 +347,87 @@ class ResolvedStep:
 
 
 def _document_issues(spec: GrowthSpec, doc: Located) -> list[SpecIssue]:
-    """The spec-wide bounds: the example input's size, the number of parents, no pretrained-weights kwargs."""
-    issues = []
-    if math.prod(spec.input.shape) > 2**28:
-        issues.append(doc.issue(("input", "shape"), f"{math.prod(spec.input.shape):,} elements is more than 2**28"))
+    """The spec-wide bounds: the example inputs, the number of parents, no pretrained-weights kwargs."""
+    issues = _input_issues(spec, doc)
     if len(spec.parents) > MAX_PARENTS:
         issues.append(
             doc.issue(("parents",), f"{len(spec.parents)} parents is more than {MAX_PARENTS} (the largest factor)")
         )
     for i, parent in enumerate(spec.parents):
-        for key, value in parent.kwargs.items():
-            if (key.startswith("weights") or key.startswith("pretrained")) and value not in (None, False):
+        issues += _kwargs_issues(parent, doc, i)
+    return issues
+
+
+def _input_issues(spec: GrowthSpec, doc: Located) -> list[SpecIssue]:
+    """Each example input's size, and the keys its dtype needs (int64: vocab or fill)."""
+    issues = []
+    floats = set()
+    for i, x in enumerate(spec.inputs):
+        here = spec.input_path(i)
+        if math.prod(x.shape) > 2**28:
+            issues.append(doc.issue((*here, "shape"), f"{math.prod(x.shape):,} elements is more than 2**28"))
+        if x.dtype == "int64":
+            if x.vocab is None and x.fill is None:
+                issues.append(
+                    doc.issue(
+                        (*here, "dtype"),
+                        "an int64 input needs vocab (token ids in [0, vocab)) or fill (a constant, e.g. 1 for an "
+                        "attention mask)",
+                    )
+                )
+            elif x.vocab is not None and x.fill is not None:
+                issues.append(doc.issue((*here, "fill"), "give vocab or fill, not both", key=True))
+            elif x.fill is not None and x.fill != int(x.fill):
+                issues.append(doc.issue((*here, "fill"), f"an int64 input's fill must be an integer, got {x.fill:g}"))
+        else:
+            floats.add(x.dtype)
+            if x.vocab is not None:
+                issues.append(
+                    doc.issue((*here, "vocab"), f"vocab applies to int64 inputs (token ids), not {x.dtype}", key=True)
+                )
+    if len(floats) > 1:
+        issues.append(
+            doc.issue(
+                ("input",),
+                f"the float inputs have dtypes {', '.join(sorted(floats))}: they set the model's, so use one",
+            )
+        )
+    return issues
+
+
+def _kwargs_issues(parent: ParentSpec, doc: Located, i: int) -> list[SpecIssue]:
+    """A parent's kwargs: no pretrained weights to download; a transformers model's config and local folder."""
+    issues = []
+    hf = parent.model.startswith("transformers:")
+    for key, value in parent.kwargs.items():
+        if hf and key == "pretrained":
+            if not isinstance(value, str) or not value:
                 issues.append(
                     doc.issue(
                         ("parents", i, "kwargs", key),
-                        f"growc never downloads pretrained weights: leave kwargs.{key} out (growc sets every "
-                        f"torchvision weights argument to null) and give the parent's weights file as "
-                        f"parents[{i}].weights",
+                        "pretrained is the path of a local folder (config.json and model.safetensors), relative "
+                        "to the spec file: growc never downloads",
                     )
                 )
+            continue
+        if hf and key == "config":
+            if not isinstance(value, dict):
+                issues.append(
+                    doc.issue(
+                        ("parents", i, "kwargs", key),
+                        f"config is a mapping of {parent.model.partition(':')[2]}'s config options",
+                    )
+                )
+            continue
+        if (key.startswith("weights") or key.startswith("pretrained")) and value not in (None, False):
+            issues.append(
+                doc.issue(
+                    ("parents", i, "kwargs", key),
+                    f"growc never downloads pretrained weights: leave kwargs.{key} out (growc sets every "
+                    f"torchvision weights argument to null) and give the parent's weights file as "
+                    f"parents[{i}].weights",
+                )
+            )
     return issues
 
 

@@ -129,11 +129,17 @@ def growth_spec(recipe: RecipeSpec) -> GrowthSpec:
             raise doc.error(("grow", inline[0]), "give grow.spec or an inline growth, not both", key=True)
         # the recipe's seed rules its runs (e.g. one run per seed from one growth spec)
         spec = load_spec(recipe.base_dir / section.spec).model_copy(update={"seed": recipe.seed})
-        if list(spec.input.shape[1:]) != shape[1:]:
+        if len(spec.inputs) != 1:
             raise doc.error(
                 ("grow", "spec"),
-                f"the growth spec's input shape {spec.input.shape} does not fit {recipe.data.name} examples of shape "
-                f"{list(shape[1:])}",
+                f"the growth spec has {len(spec.inputs)} inputs; a recipe trains on {recipe.data.name} examples, "
+                "one input",
+            )
+        if list(spec.inputs[0].shape[1:]) != shape[1:]:
+            raise doc.error(
+                ("grow", "spec"),
+                f"the growth spec's input shape {spec.inputs[0].shape} does not fit {recipe.data.name} examples of "
+                f"shape {list(shape[1:])}",
             )
         return spec
     for key in ("parents", "growth"):

@@ -1,19 +1,35 @@
 """Training FLOPs, counted with ``torch.utils.flop_counter``: of one step, and of a whole phase.
 
 Owns: :func:`count_training_flops` (one step's FLOPs, split into what scales with the batch and what happens once
-per step: generating weights from templates) and :func:`phase_flops` (a phase's total over its steps, examples and
-ranks).
+per step: generating weights from templates), :func:`phase_flops` (a phase's total over its steps, examples and
+ranks) and :func:`logits` (a classifier's logits from its output, a transformers ``ModelOutput`` included).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["count_training_flops", "phase_flops"]
+from growc.errors import GrowcError
+
+__all__ = ["count_training_flops", "logits", "phase_flops"]
+
+
+def logits(out: Any) -> torch.Tensor:
+    """A classifier's logits from its output: the tensor itself, a mapping's ``logits`` (a transformers
+    ``ModelOutput``), or a tuple's first element."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise GrowcError(f"the model returns {type(out).__name__} with no logits: training needs a classifier's logits")
 
 
 def count_training_flops(model: nn.Module, sample_shape: tuple[int, ...], num_classes: int) -> dict[str, float]:
@@ -31,7 +47,7 @@ def count_training_flops(model: nn.Module, sample_shape: tuple[int, ...], num_cl
         x = torch.randn(batch, *sample_shape, device=device)
         y = torch.zeros(batch, dtype=torch.long, device=device) % num_classes
         with FlopCounterMode(display=False) as counter:
-            F.cross_entropy(probe(x), y).backward()
+            F.cross_entropy(logits(probe(x)), y).backward()
         counts.append(float(counter.get_total_flops()))
         probe.zero_grad(set_to_none=True)
     per_sample = (counts[1] - counts[0]) / 2

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from growc.compile.build import build_parent, example_input, grow, load, template_options, write_artifact
+from growc.compile.build import build_parent, example_inputs, grow, load, template_options, write_artifact
 from growc.errors import GrowcError
 from growc.models.datasets import Dataset, load_data
 from growc.runtime.groups import param_groups
@@ -38,7 +38,7 @@ from growc.spec.recipe import OptimizerSpec, PhaseSpec, RecipeSpec, growth_spec,
 from growc.train.checkpoint import Checkpoints
 from growc.train.distributed import setup_distributed
 from growc.train.files import writing
-from growc.train.flops import count_training_flops, phase_flops
+from growc.train.flops import count_training_flops, logits, phase_flops
 from growc.train.report import format_results, results, weights_sha256, write_metrics, write_results
 from growc.train.runfolder import PhaseFolder, RunFolder, fingerprint
 
@@ -140,7 +140,7 @@ class Loop:
         with torch.no_grad():
             for x, y in self.data.test_batches(self.eval_batch_size, self.dist.rank, self.dist.world):
                 x, y = x.to(self.dist.device), y.to(self.dist.device)
-                out = model(x)
+                out = logits(model(x))
                 loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
                 correct += float((out.argmax(1) == y).sum())
                 count += len(y)
@@ -239,7 +239,7 @@ class Loop:
             batch = order[b * phase.batch_size : (b + 1) * phase.batch_size][self.dist.rank :: self.dist.world]
             x, y = self.data.train_batch(batch, augment)
             x, y = x.to(device), y.to(device)
-            out = run.net(x)
+            out = logits(run.net(x))
             loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -324,11 +324,11 @@ class Trainer(Loop):
         """Parent ``i``, built and templatized with the spec's template policy, trained for the parents' phase."""
         from growc.passes import templatize
 
-        spec, x = self.spec, example_input(self.spec)
+        spec, xs = self.spec, example_inputs(self.spec)
         model = build_parent(spec, i)
-        model = templatize(model, (x,), seed=spec.seed + i, verify=False, **template_options(spec))
+        model = templatize(model, xs, seed=spec.seed + i, verify=False, **template_options(spec))
         with torch.no_grad():
-            classes = model.eval()(x).shape[-1]
+            classes = logits(model.eval()(*xs)).shape[-1]
         model.train(spec.trace.mode == "train")
         if classes != self.data.num_classes:
             raise spec.doc.error(
@@ -372,7 +372,7 @@ class Trainer(Loop):
         report = {"trained": {"recipe": str(self.recipe.doc.file), "phase": grown}, "name": saved.name}
         report = self.folder.artifact_report(report)
         with writing(final):
-            write_artifact(final, saved, model.cpu(), example_input(saved), report, overwrite=True)
+            write_artifact(final, saved, model.cpu(), example_inputs(saved), report, overwrite=True)
         model.to(self.dist.device)
 
     def _weights_sha256(self, model: nn.Module) -> list[str]:
