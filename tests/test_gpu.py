@@ -115,3 +115,21 @@ def test_export_captured_fused_model_on_cuda_matches() -> None:
     cuda.train()
     cuda(x.cuda()).sum().backward()
     assert all(p.grad is not None and p.grad.is_cuda for p in cuda.parameters() if p.requires_grad)
+
+
+def test_hugging_face_model_captured_by_export_moves_to_cuda() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    torch.manual_seed(0)
+    parents = [transformers.BertModel(config).eval() for _ in range(2)]
+    ids = torch.randint(0, 100, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    gm = growc.fuse(parents, (ids, mask), cross_init="zero")
+    cuda = copy.deepcopy(gm).cuda().eval()
+    with torch.no_grad():
+        out = cuda(ids.cuda(), mask.cuda())
+    torch.testing.assert_close(
+        out.last_hidden_state.cpu(), gm.eval()(ids, mask).last_hidden_state, rtol=1e-4, atol=1e-4
+    )

@@ -160,3 +160,16 @@ def test_other_batch_and_sequence_length(name):
     assert _rel(total, gm(*other)) <= TOL
     report = gm.meta["growc"]["fuse"]["trace"]
     assert report["capture"] == "export" and report["specialised"] == [], report["specialised"]
+
+
+@pytest.mark.parametrize("name", ["bert", "llama", "gpt2"])
+def test_no_device_is_baked_into_the_graph(name):
+    """export bakes the example's device into arange/to/ones ops; adoption makes them read the inputs' device,
+    so the captured model moves to CUDA with its parameters (tests/test_gpu.py runs it there)."""
+    model = _build(name)
+    inputs = FAMILIES[name][1]()
+    gm = growc.trace(model, inputs)
+    assert gm.meta["growc"]["trace"]["device_portable_ops"] > 0
+    baked = [n.name for n in gm.graph.nodes if any(isinstance(a, torch.device) for a in (*n.args, *n.kwargs.values()))]
+    assert baked == []
+    assert growc.propagate_shapes(gm, inputs)["real_compute_nodes"] == []  # meta tensors go through every op

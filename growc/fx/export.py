@@ -15,7 +15,9 @@ not copies), and :func:`adopt` normalizes it:
   parameters' path. So every pass reads the same module calls as under fx, and the modes are right again:
   dropout and batch norm follow ``.train()``/``.eval()``, running statistics update in training mode;
 * a functional ``aten.batch_norm`` left (its parameters are not one module's) reads ``training`` from a
-  :class:`~growc.runtime.modes.ModeValue` node.
+  :class:`~growc.runtime.modes.ModeValue` node;
+* a device baked into an op's arguments (``aten.arange(..., device=cpu)``, ``aten.to.device``) becomes the device
+  of the first tensor input, read at run time: the graph moves to CUDA with its model.
 
 The model is exported in eval mode (and put back in its mode): Python branches on ``self.training`` take their
 eval side and are baked; the report says so. An attention dropout written as ``dropout_p=p if self.training else
@@ -476,6 +478,7 @@ class _Adopter:
         self.mode_aware: list[str] = []
         self.containers: dict[str, str] = {}  # container path -> the signature of the module raised there
         self.baked: set[bool] = set()  # the training flags export baked into mode-dependent ops
+        self.devices = 0  # ops whose baked device now follows the inputs
 
     def run(self) -> None:
         for node in list(self.graph.nodes):
@@ -493,6 +496,7 @@ class _Adopter:
         for node in self.graph.nodes:
             if node.op == "call_function" and node.target is _ATEN.batch_norm.default:
                 self.functional_batch_norm(node)
+        self.portable_devices()
 
     def replace(self, node: fx.Node, target: str, inputs: tuple[Any, ...], label: str) -> None:
         with self.graph.inserting_before(node):
@@ -564,6 +568,27 @@ class _Adopter:
     def input_of(node: fx.Node) -> Any:
         return node.args[1] if node.target is _ATEN.embedding.default else node.args[0]
 
+    def portable_devices(self) -> None:
+        """Devices export baked into ops (``aten.arange(..., device=cpu)``, ``aten.to.device``) become the device of
+        the first tensor input, read at run time, so the graph follows the model to another device."""
+        first = next(
+            (n for n in self.graph.nodes if n.op == "placeholder" and isinstance(n.meta.get("val"), Tensor)), None
+        )
+        users = [
+            n
+            for n in self.graph.nodes
+            if n.op == "call_function" and any(isinstance(a, torch.device) for a in (*n.args, *n.kwargs.values()))
+        ]
+        if first is None or not users:
+            return
+        last_input = [n for n in self.graph.nodes if n.op == "placeholder"][-1]
+        with self.graph.inserting_after(last_input):
+            device = self.graph.call_function(getattr, (first, "device"))
+        for node in users:
+            node.args = tuple(device if isinstance(a, torch.device) else a for a in node.args)
+            node.kwargs = {k: device if isinstance(v, torch.device) else v for k, v in node.kwargs.items()}
+        self.devices = len(users)
+
     def functional_batch_norm(self, node: fx.Node) -> None:
         """A batch norm over attributes of no single module, with running statistics: its ``training`` flag
         follows the mode (a graph exported in training mode keeps its ``num_batches_tracked`` increment)."""
@@ -605,6 +630,7 @@ def adopt(gm: fx.GraphModule, model: nn.Module | None = None) -> tuple[fx.GraphM
     report = {
         "raised": adopter.raised,
         "mode_aware": adopter.mode_aware,
+        "device_portable_ops": adopter.devices,
         "unregistered_ops": unregistered,
     }
     return out, report
