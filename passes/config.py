@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from growc.errors import GrowcConfigError
 from growc.fx.checks import check_seed, positive_int
+from growc.fx.export import check_dynamic
 from growc.fx.trace import Capture
 
 __all__ = [
@@ -120,11 +121,7 @@ class TemplatizeConfig:
         _check_choice("sharing", self.sharing, Sharing)
         _check_choice("init", self.init, Init)
         _check_choice("capture", self.capture, Capture)
-        if not isinstance(self.dynamic, bool) and not (
-            isinstance(self.dynamic, Sequence)
-            and all(d is None or (isinstance(d, Sequence) and all(isinstance(i, int) for i in d)) for d in self.dynamic)
-        ):
-            raise GrowcConfigError(f"dynamic must be true, false or a list of dims per input, got {self.dynamic!r}")
+        check_dynamic(self.dynamic)
         object.__setattr__(self, "templates", positive_int("templates", self.templates))
         object.__setattr__(self, "window", positive_int("window", self.window))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 import growc
 from growc.errors import GrowcConfigError, GrowcTraceError
 from growc.fx.export import adopt, default_dynamic, is_aten_graph
-from growc.runtime.modes import ModeValue
+from growc.runtime.modes import InputGuard, ModeValue
 from growc.testing import assert_same_function
 from growc.testing.strategies import cnn_models
 
@@ -65,7 +66,14 @@ def test_export_raises_standard_modules_back_and_keeps_the_models_own():
     model = ConvNet()
     gm = growc.trace(model, (_x(),), capture="export")
     calls = {str(n.target): type(gm.get_submodule(str(n.target))) for n in gm.graph.nodes if n.op == "call_module"}
-    assert calls == {"conv": nn.Conv2d, "bn": nn.BatchNorm2d, "drop": nn.Dropout, "fc": nn.Linear, "ln": nn.LayerNorm}
+    assert calls == {
+        "growc_input_guard": InputGuard,
+        "conv": nn.Conv2d,
+        "bn": nn.BatchNorm2d,
+        "drop": nn.Dropout,
+        "fc": nn.Linear,
+        "ln": nn.LayerNorm,
+    }
     assert gm.conv is model.conv and gm.bn is model.bn  # no copy, like fx
     report = gm.meta["growc"]["trace"]
     assert report["capture"] == "export" and report["reason"] == "capture='export'"
@@ -385,3 +393,118 @@ def test_an_unlifted_module_passes_through_templatize_and_fuse_in_the_mode_it_wa
     assert t.meta["growc"]["templatize"]["output"]["max_rel"] <= 1e-5
     fused = growc.fuse([unlifted, unlifted], (x,), cross_init="zero")
     assert torch.allclose(fused.eval()(x), 2 * model(x), atol=1e-5)
+
+
+def test_a_call_outside_what_export_fixed_raises_instead_of_computing_something_else():
+    class Mean(nn.Module):
+        def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+            return x.sum(1) / x.shape[1] * n  # the length becomes a Python int: export fixes it; n is baked
+
+    x = torch.randn(2, 5, 4)
+    gm = growc.trace(Mean(), (x, 3), capture="export")
+    assert gm.meta["growc"]["trace"]["baked_inputs"] == {"n": 3}
+    assert gm(torch.randn(7, 5, 4), 3).shape == (7, 4)  # another batch size is fine
+    assert torch.equal(gm(x, 3), Mean()(x, 3))
+    with pytest.raises(ValueError, match=re.escape("input 'x' has size 9 in dim 1, but this graph was captured")):
+        gm(torch.randn(2, 9, 4), 3)
+    with pytest.raises(ValueError, match=re.escape("input 'n' is 1, but torch.export baked it into this graph as 3")):
+        gm(x, 1)
+
+
+@pytest.mark.parametrize(
+    ("dynamic", "message"),
+    [
+        ("yes", "dynamic must be true, false or a list with, per input, null or a list of dims"),
+        ([0], "dynamic must be true, false or a list with, per input, null or a list of dims"),
+        ([[0], [1]], "dynamic names dims for 2 inputs, the model takes 1"),
+        ([[5]], "dynamic: input 0 has 4 dims, so it has no dim 5"),
+    ],
+)
+def test_bad_dynamic_values_are_config_errors(dynamic, message):
+    with pytest.raises(GrowcConfigError, match=re.escape(message)):
+        growc.trace(ConvNet(), (_x(),), capture="export", dynamic=dynamic)
+    with pytest.raises(GrowcConfigError, match=re.escape(message)):
+        growc.templatize(ConvNet(), (_x(),), capture="export", dynamic=dynamic)
+
+
+def test_tied_embedding_and_head_keep_their_paths():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.e = nn.Embedding(20, 8)
+            self.h = nn.Linear(8, 20, bias=False)
+            self.h.weight = self.e.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.h(self.e(ids).relu())
+
+    model = Tied().eval()
+    ids = torch.randint(0, 20, (2, 5))
+    gm = growc.trace(model, (ids,), capture="export")
+    assert gm.e is model.e  # the embedding at its own path, not under the head's name
+    assert set(gm.state_dict()) == set(model.state_dict())
+    gm.load_state_dict(model.state_dict())
+    assert torch.equal(gm(ids), model(ids))
+
+
+def test_a_rebuilt_batch_norm_keeps_momentum_none():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None))
+    model[1].register_forward_hook(lambda m, i, o: o * 2)  # hooks are inlined: the module is rebuilt without them
+    x = _x()
+    gm = growc.trace(model, (x,), capture="export")
+    assert gm.get_submodule("1") is not model[1] and gm.get_submodule("1").momentum is None
+    gm.train(), model.train()
+    twin = copy.deepcopy(model)
+    gm(x), twin(x)
+    torch.testing.assert_close(gm.get_submodule("1").running_mean, twin[1].running_mean)
+
+
+def test_instance_norm_with_running_stats_follows_the_mode():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, affine=True, track_running_stats=True))
+    x = _x()
+    gm = growc.trace(model.eval(), (x,), capture="export")
+    assert gm.meta["growc"]["trace"]["mode_aware"] == ["instance_norm"]
+    twin = copy.deepcopy(model).train()
+    gm.train()
+    torch.testing.assert_close(gm(x), twin(x))  # statistics of the input in training mode
+    torch.testing.assert_close(model[1].running_mean, twin[1].running_mean)  # and running stats updated
+    model.eval(), gm.eval()
+    torch.testing.assert_close(gm(x), model(x))
+
+
+def test_always_on_dropout_stays_on_in_eval():
+    class MonteCarlo(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.dropout(self.fc(x), 0.5, training=True)
+
+    gm = growc.trace(MonteCarlo().eval(), (torch.randn(3, 4),), capture="export").eval()
+    assert gm.meta["growc"]["trace"]["always_on_dropout"] == ["dropout"]
+    x = torch.randn(3, 4)
+    assert not torch.equal(gm(x), gm(x))
+
+
+def test_conv_transpose_is_raised_to_its_module():
+    model = nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2, output_padding=1), nn.ReLU())
+    gm = growc.trace(model.eval(), (_x(),), capture="export")
+    assert gm.get_submodule("0") is model[0]
+    assert torch.equal(gm(_x()), model(_x()))
+
+
+def test_capture_errors_name_the_model_line_and_a_hint():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        y: torch.Tensor
+
+    class ReturnsDataclass(nn.Module):
+        def forward(self, x: torch.Tensor) -> Out:
+            return Out(x * 2)
+
+    with pytest.raises(GrowcTraceError, match="register_dataclass") as info:
+        growc.trace(ReturnsDataclass(), (torch.randn(2, 3),), capture="export")
+    assert "<string>" not in str(info.value)

@@ -37,15 +37,16 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from growc.errors import GrowcTraceError
+from growc.errors import GrowcConfigError, GrowcTraceError
 from growc.fx.graphs import graph_module
 from growc.fx.registry import Opaque, rule_for
-from growc.runtime.modes import ModeValue
+from growc.runtime.modes import InputGuard, ModeValue
 
 __all__ = [
     "Dynamic",
     "adopt",
     "captured_by_export",
+    "check_dynamic",
     "default_dynamic",
     "export_graph",
     "is_aten_graph",
@@ -83,12 +84,35 @@ def default_dynamic(example_inputs: Sequence[Any]) -> list[list[int] | None]:
     return dims
 
 
+def check_dynamic(dynamic: Any) -> Dynamic:
+    """``dynamic`` when it is ``True``, ``False`` or a list with, per input, ``None`` or a list of dim indices;
+    else :class:`~growc.errors.GrowcConfigError`."""
+    if isinstance(dynamic, bool):
+        return dynamic
+    ok = isinstance(dynamic, (list, tuple)) and all(
+        d is None or (isinstance(d, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in d))
+        for d in dynamic
+    )
+    if not ok:
+        raise GrowcConfigError(
+            f"dynamic must be true, false or a list with, per input, null or a list of dims (e.g. [[0], [0, 1]]), "
+            f"got {dynamic!r}"
+        )
+    return dynamic
+
+
 def _dynamic_spec(example_inputs: Sequence[Any], dynamic: Dynamic) -> tuple[list[list[int] | None], Any]:
+    dynamic = check_dynamic(dynamic)
     if dynamic is False:
         return [None] * len(example_inputs), None
     wanted = default_dynamic(example_inputs) if dynamic is True else [list(d) if d else None for d in dynamic]
     if len(wanted) != len(example_inputs):
-        raise ValueError(f"dynamic names dims for {len(wanted)} inputs, the model has {len(example_inputs)}")
+        raise GrowcConfigError(f"dynamic names dims for {len(wanted)} inputs, the model takes {len(example_inputs)}")
+    for i, (x, dims) in enumerate(zip(example_inputs, wanted, strict=True)):
+        rank = x.ndim if isinstance(x, Tensor) else 0
+        bad = [d for d in dims or () if not -rank <= d < rank]
+        if bad:
+            raise GrowcConfigError(f"dynamic: input {i} has {rank} dims, so it has no dim {bad[0]}")
     spec = []
     for x, dims in zip(example_inputs, wanted, strict=True):
         if dims and isinstance(x, Tensor):
@@ -126,11 +150,11 @@ def export_graph(
     except Exception as error:  # torch.export raises many types: one located error, the cause chained
         where = source_line(error)
         raise GrowcTraceError(
-            f"export: {one_line(error)}" + (f" at {where}" if where else ""), construct=one_line(error)
+            f"export: {one_line(error)}" + (f" at {where}" if where else "") + _hint(error), construct=one_line(error)
         ) from error
     finally:
         model.train(was_training)
-    gm, report = adopt(program.module(), model)
+    gm, report = adopt(program.module(), model, captured_mode=False)
     gm.train(was_training)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     kept, fixed = [], []
@@ -163,6 +187,21 @@ def export_graph(
     return gm, report
 
 
+def _hint(error: BaseException) -> str:
+    text = str(error)
+    if "Cache" in text and ("not a known type" in text or "pytree" in text.lower()):
+        return (
+            ". Hint: the output holds a cache object (a Hugging Face encoder-decoder's past key values): build the "
+            "model with use_cache=False"
+        )
+    if "not a known type" in text or "register it as a pytree" in text.lower():
+        return (
+            ". Hint: return tensors, tuples, lists, dicts or a class registered as a pytree "
+            "(torch.utils._pytree.register_dataclass)"
+        )
+    return ""
+
+
 def one_line(error: BaseException) -> str:
     """``Type: first line of the message`` (at most 400 characters)."""
     text = str(error).strip().splitlines()
@@ -180,7 +219,8 @@ def source_line(error: BaseException) -> str | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         for frame in traceback.extract_tb(error.__traceback__):
-            if not frame.filename.startswith(_OWN_CODE) and "importlib" not in frame.filename:
+            own = frame.filename.startswith(_OWN_CODE) or frame.filename.startswith("<")  # exec'd/generated code
+            if not own and "importlib" not in frame.filename:
                 found = frame
         if found is not None:
             break
@@ -238,7 +278,7 @@ def _conv(node: fx.Node, w: Tensor, b: Tensor | None, transposed: bool, order: s
     d = w.ndim - 2
     names = {"s": "stride", "p": "padding", "o": "output_padding", "d": "dilation", "g": "groups", "t": "transposed"}
     defaults = {"s": 1, "p": 0, "o": 0, "d": 1, "g": 1, "t": False}
-    got = dict(defaults)
+    got = dict(defaults, t=transposed)  # the conv_transpose ops have no `transposed` argument
     got.update({key: _arg(node, 3 + i, names[key], defaults[key]) for i, key in enumerate(order)})
     groups = got["g"]
     stride, dilation, output_padding = _ints(got["s"], d), _ints(got["d"], d), _ints(got["o"], d)
@@ -470,9 +510,12 @@ def _stack_path(node: fx.Node) -> str | None:
 
 
 class _Adopter:
-    def __init__(self, gm: fx.GraphModule, model: nn.Module | None) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module | None, captured_mode: bool | None) -> None:
         self.gm = gm
         self.model = model
+        self.captured_mode = captured_mode
+        self.always_on: list[str] = []
+        self.static: dict[str, Any] = {}
         self.graph = gm.graph
         self.raised: list[dict[str, str]] = []
         self.mode_aware: list[str] = []
@@ -494,9 +537,10 @@ class _Adopter:
             if node.op == "get_attr" and not node.users:
                 self.graph.erase_node(node)
         for node in self.graph.nodes:
-            if node.op == "call_function" and node.target is _ATEN.batch_norm.default:
+            if node.op == "call_function" and node.target in (_ATEN.batch_norm.default, _ATEN.instance_norm.default):
                 self.functional_batch_norm(node)
         self.portable_devices()
+        self.input_guard()
 
     def replace(self, node: fx.Node, target: str, inputs: tuple[Any, ...], label: str) -> None:
         with self.graph.inserting_before(node):
@@ -510,6 +554,9 @@ class _Adopter:
     def dropout(self, node: fx.Node) -> None:
         p, train = _arg(node, 1, "p", 0.5), _arg(node, 2, "train", False)
         if not isinstance(p, float) or not isinstance(train, bool) or _rank(node.args[0]) is None:
+            return
+        if train and self.captured_mode is False:  # on in an eval-mode capture: always on (Monte Carlo dropout)
+            self.always_on.append(node.name)
             return
         self.baked.add(train)
         module = _DROPOUT[node.target](_rank(node.args[0]), p)
@@ -530,6 +577,30 @@ class _Adopter:
         self.gm.get_submodule("growc_modes").add_module(target.rpartition(".")[2], module)
         self.replace(node, target, (node.args[0],), type(module).__name__)
 
+    def own_at_stack(self, node: fx.Node, module: nn.Module, wanted: dict[str, Tensor]) -> bool:
+        """Raise ``node`` to the model's own module at the path its call came from (``nn_module_stack``). With tied
+        weights the unlifted graph names a tensor by one of its paths only (an embedding's table under the LM
+        head's name): the call's own path keeps the module where the model has it."""
+        stack = _stack_path(node)
+        if self.model is None or not stack:
+            return False
+        own = _original(self.model, stack, module, wanted)
+        if own is module:
+            return False
+        present = _submodule(self.gm, stack)
+        if present is None:
+            self.gm.add_submodule(stack, own)
+        elif present is not own:
+            held = {**present._parameters, **present._buffers}
+            if type(present) is not nn.Module or present._modules:
+                return False
+            if any(v is not None and getattr(own, k, None) is not v for k, v in held.items()):
+                return False
+            _install(self.gm, stack, own)
+        self.containers[stack] = repr(module)
+        self.replace(node, stack, (self.input_of(node),), type(own).__name__)
+        return True
+
     def module_op(self, node: fx.Node) -> None:
         built = _build(node, self.gm)
         if built is None:
@@ -537,6 +608,8 @@ class _Adopter:
         module, params = built
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             self.baked.add(False)  # raised only when export baked eval mode (running statistics used)
+        if self.own_at_stack(node, module, {k: v for k, v in params.items() if v is not None}):
+            return
         path = _container_path(params, node)
         if not path:
             return
@@ -560,6 +633,9 @@ class _Adopter:
                     module._buffers[name] = tensor
             if "num_batches_tracked" in held and isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module._buffers["num_batches_tracked"] = held["num_batches_tracked"]
+            own = _submodule(self.model, _stack_path(node) or path) if self.model is not None else None
+            if isinstance(own, nn.modules.batchnorm._BatchNorm) and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = own.momentum  # None (a cumulative average) reads as 0.0 in an eval graph
         self.containers[path] = repr(built[0])
         _install(self.gm, path, module)
         self.replace(node, path, (self.input_of(node),), type(module).__name__)
@@ -567,6 +643,29 @@ class _Adopter:
     @staticmethod
     def input_of(node: fx.Node) -> Any:
         return node.args[1] if node.target is _ATEN.embedding.default else node.args[0]
+
+    def input_guard(self) -> None:
+        """Replace export's guard call with a :class:`~growc.runtime.modes.InputGuard` of the static dims and baked
+        scalars (a call at other sizes raises instead of computing something else)."""
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        expected: list[Any] = []
+        for node in placeholders:
+            val = node.meta.get("val")
+            if isinstance(val, Tensor):
+                fixed = {d: int(s) for d, s in enumerate(val.shape) if not _symbolic(s)}
+                expected.append(fixed or None)
+            elif isinstance(val, (bool, int, float, str)) or (val is None and "val" in node.meta):
+                expected.append(("value", val))
+            else:
+                expected.append(None)
+        self.static = {
+            node.name: e for node, e in zip(placeholders, expected, strict=True) if isinstance(e, tuple)
+        }  # baked scalars, for the report
+        if not placeholders or all(e is None for e in expected):
+            return
+        self.gm.add_module("growc_input_guard", InputGuard([n.name for n in placeholders], expected))
+        with self.graph.inserting_after(placeholders[-1]):
+            self.graph.call_module("growc_input_guard", tuple(placeholders))
 
     def portable_devices(self) -> None:
         """Devices export baked into ops (``aten.arange(..., device=cpu)``, ``aten.to.device``) become the device of
@@ -590,8 +689,9 @@ class _Adopter:
         self.devices = len(users)
 
     def functional_batch_norm(self, node: fx.Node) -> None:
-        """A batch norm over attributes of no single module, with running statistics: its ``training`` flag
-        follows the mode (a graph exported in training mode keeps its ``num_batches_tracked`` increment)."""
+        """A batch or instance norm with running statistics left functional (its attributes are not one module's,
+        or ``aten.instance_norm``): its ``training``/``use_input_stats`` flag follows the mode (a graph exported in
+        training mode keeps its ``num_batches_tracked`` increment)."""
         training = _arg(node, 5, "training", None)
         if not isinstance(training, bool) or len(node.args) < 5 or node.args[3] is None:
             return
@@ -606,15 +706,19 @@ class _Adopter:
         self.mode_aware.append(node.name)
 
 
-def adopt(gm: fx.GraphModule, model: nn.Module | None = None) -> tuple[fx.GraphModule, dict[str, Any]]:
+def adopt(
+    gm: fx.GraphModule, model: nn.Module | None = None, *, captured_mode: bool | None = None
+) -> tuple[fx.GraphModule, dict[str, Any]]:
     """Normalize an unlifted ``torch.export`` GraphModule (``ExportedProgram.module()``) in place and return it
     as a plain GraphModule (see the module docstring), with its report.
 
     ``model``, the exported module, lets standard modules be its own (hooks-free, same configuration and tensors);
     without it, they are built around the graph's tensors from the op's arguments. The result starts in the mode
     export baked into its dropout and batch norm ops (an unlifted module's ``training`` flag does not say it).
+    ``captured_mode`` is the mode the model was exported in, when known (``False``: eval): a dropout that stayed
+    on in an eval-mode capture is on whatever the mode (``F.dropout(x, p, training=True)``) and is left so.
     """
-    adopter = _Adopter(gm, model)
+    adopter = _Adopter(gm, model, captured_mode)
     adopter.run()
     adopter.graph.lint()
     out = graph_module(gm, adopter.graph, type(model).__name__ if model is not None else "Exported")
@@ -631,6 +735,8 @@ def adopt(gm: fx.GraphModule, model: nn.Module | None = None) -> tuple[fx.GraphM
         "raised": adopter.raised,
         "mode_aware": adopter.mode_aware,
         "device_portable_ops": adopter.devices,
+        "always_on_dropout": adopter.always_on,
+        "baked_inputs": {name: value for name, (_, value) in adopter.static.items()},
         "unregistered_ops": unregistered,
     }
     return out, report

@@ -25,7 +25,7 @@ from torch import fx, nn
 
 from growc.errors import GrowcConfigError, GrowcTraceError
 from growc.fx.einops_ops import EINOPS_FUNCTIONS, EINOPS_LAYERS, EINOPS_MODULES
-from growc.fx.export import Dynamic, adopt, captured_by_export, export_graph, is_aten_graph
+from growc.fx.export import Dynamic, adopt, captured_by_export, check_dynamic, export_graph, is_aten_graph
 from growc.fx.graphs import graph_module
 from growc.fx.registry import is_registered_leaf, wrapped_functions
 from growc.runtime.bank import TemplateBank
@@ -136,6 +136,7 @@ def trace(
     """
     if capture not in CAPTURES:
         raise GrowcConfigError(f"trace: capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    check_dynamic(dynamic)
     if isinstance(model, fx.GraphModule) and captured_by_export(model):
         return model
     if isinstance(model, fx.GraphModule) and is_aten_graph(model):

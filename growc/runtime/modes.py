@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ModeValue"]
+__all__ = ["InputGuard", "ModeValue"]
 
 
 class ModeValue(nn.Module):
@@ -29,3 +29,35 @@ class ModeValue(nn.Module):
 
     def extra_repr(self) -> str:
         return f"train={self.train_value!r}, eval={self.eval_value!r}"
+
+
+class InputGuard(nn.Module):
+    """Checks a call's inputs against what a ``torch.export`` capture fixed: the sizes of its static dims and the
+    values of non-tensor inputs it baked. A graph called outside them would compute something else silently (a
+    ``view`` to baked sizes, a mean divided by a baked length); the guard raises ``ValueError`` naming the input,
+    the dim and the fix instead. ``expected`` has one entry per input: ``{dim: size}`` for a tensor, ``("value",
+    v)`` for a baked constant, ``None`` for nothing to check."""
+
+    def __init__(self, names: list[str], expected: list[Any]) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.expected = list(expected)
+
+    def forward(self, *inputs: Any) -> None:
+        for name, value, expected in zip(self.names, inputs, self.expected, strict=False):
+            if isinstance(expected, dict):
+                for dim, size in expected.items():
+                    if value.shape[dim] != size:
+                        raise ValueError(
+                            f"input '{name}' has size {value.shape[dim]} in dim {dim}, but this graph was captured "
+                            f"by torch.export with that dim fixed at {size} (the model's code made it static, or it "
+                            "was not marked dynamic: capture again with dynamic=[...] naming it)"
+                        )
+            elif isinstance(expected, tuple) and value != expected[1]:
+                raise ValueError(
+                    f"input '{name}' is {value!r}, but torch.export baked it into this graph as {expected[1]!r}: "
+                    "capture again with that value, or make it a tensor input"
+                )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}: {e}" for n, e in zip(self.names, self.expected, strict=False) if e is not None)
