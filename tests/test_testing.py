@@ -105,6 +105,8 @@ def _function_feature(node: torch.fx.Node, called: set) -> str | None:
         return "se"
     if node.target in (F.conv1d, F.conv2d, F.linear) and node.args[1].op == "get_attr":
         return "functional"
+    if getattr(node.target, "__module__", "").startswith("einops"):
+        return "einops"
     return None
 
 

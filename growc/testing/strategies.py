@@ -80,11 +80,15 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import einops
 import torch
 import torch.nn.functional as F
+from einops import rearrange, reduce
 from hypothesis import strategies as st
 from torch import nn
+
+# einops blocks stay one graph node each under plain torch.fx.symbolic_trace too (growc.trace autowraps einops)
+torch.fx.wrap("rearrange")
+torch.fx.wrap("reduce")
 
 __all__ = [
     "ACTIVATIONS",
@@ -566,14 +570,14 @@ class EinopsBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.op == "move":
-            return einops.rearrange(self.fc(einops.rearrange(x, "b c ... -> b ... c")), "b ... c -> b c ...")
+            return rearrange(self.fc(rearrange(x, "b c ... -> b ... c")), "b ... c -> b c ...")
         if self.op == "merge":
             if self.dim == 1:
-                return einops.rearrange(einops.rearrange(x, "b c l -> b l c"), "b l c -> b c l")
-            merged = einops.rearrange(x, "b c h w -> b c (h w)")
-            return einops.rearrange(merged, "b c (h w) -> b c h w", h=self.size[0])
+                return rearrange(rearrange(x, "b c l -> b l c"), "b l c -> b c l")
+            merged = rearrange(x, "b c h w -> b c (h w)")
+            return rearrange(merged, "b c (h w) -> b c h w", h=self.size[0])
         pattern = "b c l -> b c ()" if self.dim == 1 else "b c h w -> b c () ()"
-        return x + einops.reduce(x, pattern, "mean")
+        return x + reduce(x, pattern, "mean")
 
 
 def _make_layer_block(block: BlockSpec, dim: int, c: int, device: torch.device | str) -> nn.Module | None:
