@@ -19,6 +19,12 @@ torchvision = pytest.importorskip("torchvision")
 
 MODELS = torchvision.models.list_models(module=torchvision.models)
 EXPECTED_FAILURES: dict[str, str] = {}
+# suite time (2 cores, 30 minutes): the two largest variants cost about two minutes together and add no family
+# the smaller variants do not cover; both converted exactly (rel 0.0) when they were in the suite
+TEMPLATIZE_TOO_SLOW = {
+    "regnet_y_128gf": "644M parameters, 69 s on 2 cores; regnet_y_400mf ... regnet_y_32gf cover the family",
+    "vit_h_14": "632M parameters, 56 s on 2 cores; vit_b_16, vit_b_32, vit_l_16, vit_l_32 cover the family",
+}
 
 
 def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -45,6 +51,8 @@ def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     [
         pytest.param(n, marks=pytest.mark.xfail(reason=EXPECTED_FAILURES[n], strict=True))
         if n in EXPECTED_FAILURES
+        else pytest.param(n, marks=pytest.mark.skip(reason=TEMPLATIZE_TOO_SLOW[n]))
+        if n in TEMPLATIZE_TOO_SLOW
         else n
         for n in MODELS
     ],
