@@ -18,6 +18,7 @@ from torch import nn
 import growc
 from growc.fx.einops_ops import EINOPS_FUNCTIONS, EinopsOpaque, EinopsRule, parse_pattern
 from growc.fx.registry import rule_for, rules_table
+from helpers import parents
 
 IMAGE = torch.randn(2, 3, 16, 16)  # Mixer's input
 SMALL = torch.randn(2, 3, 6, 6)  # LayerNet's input
@@ -25,14 +26,6 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], torch.Tensor]] = {
     "mixer": (Mixer, IMAGE),
     "layers": (LayerNet, SMALL),
 }
-
-
-def parents(make: Callable[[], nn.Module]) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(0)
-    a = make().eval()
-    torch.manual_seed(1)
-    b = make().eval()
-    return a, b
 
 
 def rel_error(expected: torch.Tensor, got: torch.Tensor) -> float:

@@ -16,6 +16,7 @@ from torch import nn
 import growc
 import growc.testing.plugin  # registers the growc-ci hypothesis profile
 from growc.fx.registry import KINDS, OpRule, is_registered_leaf, rules_table, unregister_op
+from helpers import parents
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,14 +150,6 @@ def registered(request: pytest.FixtureRequest) -> Iterator[None]:
     kind = request.param
     with growc.register_op(STAGES[kind][0], kind):
         yield
-
-
-def parents(make: Callable[[], nn.Module]) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(0)
-    a = make().eval()
-    torch.manual_seed(1)
-    b = make().eval()
-    return a, b
 
 
 def fuse_exactly(make: Callable[[], nn.Module], x: torch.Tensor = X, **options: object) -> dict:

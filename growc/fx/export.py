@@ -441,11 +441,6 @@ for _inplace, _suffix in ((False, ""), (True, "_")):
             ),
         }
     )
-_STANDARD = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.Embedding,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-)  # fmt: skip
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
@@ -468,7 +463,7 @@ def _original(model: nn.Module | None, path: str, built: nn.Module, params: dict
     return own if own.extra_repr() == built.extra_repr() else built
 
 
-def _container_path(params: dict[str, Tensor | None], node: fx.Node) -> str | None:
+def _container_path(node: fx.Node) -> str | None:
     """The common owner of the op's parameter attributes (``a.b.weight`` and ``a.b.bias`` -> ``a.b``)."""
     owners = set()
     for arg in node.all_input_nodes:
@@ -610,7 +605,7 @@ class _Adopter:
             self.baked.add(False)  # raised only when export baked eval mode (running statistics used)
         if self.own_at_stack(node, module, {k: v for k, v in params.items() if v is not None}):
             return
-        path = _container_path(params, node)
+        path = _container_path(node)
         if not path:
             return
         container = self.gm.get_submodule(path)
